@@ -1,0 +1,37 @@
+# Two commands: `make run` and `make test`. Everything else is a detail.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+KHAZNA_HOME ?= ./khazna-data
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test check lint typecheck install clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Khazna needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	KHAZNA_HOME=$(KHAZNA_HOME) $(BIN)/khazna serve --demo --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/ruff check khazna tests bench
+	$(BIN)/mypy khazna
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check khazna tests bench
+	$(BIN)/ruff format --check khazna tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy khazna
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

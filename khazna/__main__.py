@@ -1,0 +1,3 @@
+from khazna.cli import main
+
+main()

@@ -1,0 +1,260 @@
+"""REST routes of the contract (DESIGN.md), under /api/v1."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from khazna import __version__
+from khazna.access.accounts import Principal
+from khazna.api.deps import get_hub, get_principal
+from khazna.api.downloads import file_response
+from khazna.catalog.names import check_file_name
+from khazna.hub import Hub
+from khazna.storage.blobstore import too_large
+
+router = APIRouter(prefix="/api/v1")
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+Who = Annotated[Principal, Depends(get_principal)]
+Text = str | dict[str, str] | None
+
+
+class OrganizationIn(BaseModel):
+    name: str
+    title: Text = None
+    description: Text = None
+
+
+class MemberIn(BaseModel):
+    user: str
+    role: str = "editor"
+
+
+class DatasetIn(BaseModel):
+    org: str
+    name: str
+    title: Text = None
+    description: Text = None
+    tags: list[str] | None = None
+    license: str | None = None
+    access: str = "public"
+
+
+class DatasetPatch(BaseModel):
+    model_config = {"extra": "forbid"}
+    title: Text = None
+    description: Text = None
+    tags: list[str] | None = None
+    license: str | None = None
+    access: str | None = None
+
+
+class UploadFileIn(BaseModel):
+    name: str
+    size: int
+    sha256: str | None = None
+
+
+class UploadSessionIn(BaseModel):
+    files: list[UploadFileIn] = Field(min_length=1)
+    message: str = ""
+
+
+@router.get("/health", tags=["hub"])
+def health() -> dict[str, str]:
+    return {"status": "ok", "version": __version__}
+
+
+@router.get("/me", tags=["hub"])
+def me(who: Who, hub: HubDep) -> dict[str, Any]:
+    return {
+        "name": who.name,
+        "is_admin": who.is_admin,
+        "organizations": hub.catalog.roles_by_name(who),
+    }
+
+
+# organizations -----------------------------------------------------------------------
+
+
+@router.post("/organizations", status_code=201, tags=["organizations"])
+def create_organization(body: OrganizationIn, who: Who, hub: HubDep) -> dict[str, Any]:
+    return hub.catalog.create_organization(who, body.name, body.title, body.description)
+
+
+@router.get("/organizations", tags=["organizations"])
+def list_organizations(hub: HubDep) -> dict[str, Any]:
+    return {"organizations": hub.catalog.organizations()}
+
+
+@router.get("/organizations/{org}", tags=["organizations"])
+def get_organization(org: str, who: Who, hub: HubDep) -> dict[str, Any]:
+    return {
+        **hub.catalog.organization(org),
+        "datasets": [_summary(d) for d in hub.catalog.datasets_of(who, org)],
+    }
+
+
+@router.put("/organizations/{org}/members", status_code=204, tags=["organizations"])
+def set_member(org: str, body: MemberIn, who: Who, hub: HubDep) -> Response:
+    hub.catalog.add_member(who, org, body.user, body.role)
+    return Response(status_code=204)
+
+
+def _summary(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: d[k] for k in ("org", "name", "title", "access", "version", "updated_at")}
+
+
+# datasets ----------------------------------------------------------------------------
+
+
+@router.post("/datasets", status_code=201, tags=["datasets"])
+def create_dataset(body: DatasetIn, who: Who, hub: HubDep) -> dict[str, Any]:
+    return hub.catalog.create_dataset(
+        who,
+        body.org,
+        body.name,
+        title=body.title,
+        description=body.description,
+        tags=body.tags,
+        license=body.license,
+        access=body.access,
+    )
+
+
+@router.get("/datasets/{org}/{name}", tags=["datasets"])
+def get_dataset(org: str, name: str, who: Who, hub: HubDep) -> dict[str, Any]:
+    return hub.catalog.dataset(who, org, name)
+
+
+@router.patch("/datasets/{org}/{name}", tags=["datasets"])
+def update_dataset(
+    org: str, name: str, body: DatasetPatch, who: Who, hub: HubDep
+) -> dict[str, Any]:
+    return hub.catalog.update_dataset(who, org, name, body.model_dump(exclude_unset=True))
+
+
+@router.get("/datasets/{org}/{name}/versions", tags=["datasets"])
+def list_versions(org: str, name: str, who: Who, hub: HubDep) -> dict[str, Any]:
+    return {"versions": hub.catalog.versions(who, org, name)}
+
+
+@router.api_route(
+    "/datasets/{org}/{name}/files/{file}",
+    methods=["GET", "HEAD"],
+    tags=["files"],
+    response_class=Response,
+)
+def download_file(
+    org: str,
+    name: str,
+    file: str,
+    request: Request,
+    who: Who,
+    hub: HubDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    ref = hub.catalog.resolve_file(who, org, name, file, version)
+    return file_response(request, hub.blobs, ref, pinned=version is not None)
+
+
+@router.put("/datasets/{org}/{name}/files/{file}", tags=["files"])
+async def upload_file(
+    org: str, name: str, file: str, request: Request, who: Who, hub: HubDep
+) -> dict[str, Any]:
+    """Stream the raw body into storage; a complete upload makes a new version."""
+    check_file_name(file)
+    await run_in_threadpool(hub.catalog.check_writable, who, org, name)
+    limit = hub.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    writer = hub.blobs.writer(limit)
+    try:
+        async for chunk in request.stream():
+            writer.write(chunk)
+        blob = await run_in_threadpool(writer.commit, request.headers.get("x-content-sha256"))
+    except BaseException:
+        # Disconnects, size limit, disk errors: the temporary file goes, nothing is visible.
+        writer.abort()
+        raise
+    version, _ = await run_in_threadpool(
+        hub.catalog.commit_version,
+        who,
+        org,
+        name,
+        {file: blob},
+        message=request.headers.get("x-khazna-message", ""),
+    )
+    return {"name": file, "sha256": blob.sha256, "size": blob.size, "version": version}
+
+
+@router.delete("/datasets/{org}/{name}/files/{file}", tags=["files"])
+def delete_file(org: str, name: str, file: str, who: Who, hub: HubDep) -> dict[str, Any]:
+    """Make a new version without the file; older versions keep it."""
+    version, _ = hub.catalog.commit_version(who, org, name, {file: None}, message=f"removed {file}")
+    return {"version": version}
+
+
+# resumable uploads -------------------------------------------------------------------
+
+
+@router.post("/datasets/{org}/{name}/uploads", status_code=201, tags=["uploads"])
+def open_upload(
+    org: str, name: str, body: UploadSessionIn, who: Who, hub: HubDep
+) -> dict[str, Any]:
+    files = [f.model_dump() for f in body.files]
+    return hub.uploads.open(who, org, name, files, body.message)
+
+
+@router.get("/uploads/{session_id}", tags=["uploads"])
+def upload_status(session_id: str, who: Who, hub: HubDep) -> dict[str, Any]:
+    return hub.uploads.status(who, session_id)
+
+
+@router.put("/uploads/{session_id}/files/{file}", tags=["uploads"])
+async def upload_chunk(
+    session_id: str,
+    file: str,
+    request: Request,
+    who: Who,
+    hub: HubDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    # On a disconnect what arrived is kept; the client asks for the status and resumes.
+    return await hub.uploads.receive(who, session_id, file, offset, request.stream())
+
+
+@router.post("/uploads/{session_id}/commit", tags=["uploads"])
+def commit_upload(session_id: str, who: Who, hub: HubDep) -> dict[str, Any]:
+    return hub.uploads.commit(who, session_id)
+
+
+@router.delete("/uploads/{session_id}", status_code=204, tags=["uploads"])
+def abort_upload(session_id: str, who: Who, hub: HubDep) -> Response:
+    hub.uploads.abort(who, session_id)
+    return Response(status_code=204)
+
+
+# search ------------------------------------------------------------------------------
+
+
+@router.get("/search", tags=["search"])
+def search(
+    who: Who,
+    hub: HubDep,
+    q: str = "",
+    org: str | None = None,
+    tag: str | None = None,
+    format: str | None = None,
+    license: str | None = None,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    return hub.search.search(
+        who, q, org=org, tag=tag, format=format, license=license, limit=limit, offset=offset
+    )

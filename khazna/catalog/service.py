@@ -1,0 +1,463 @@
+"""The catalog: organizations, datasets and their immutable versions."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from khazna import db
+from khazna.access.accounts import Principal
+from khazna.access.policy import ORG_ROLES, AccessPolicy, check_level
+from khazna.catalog.formats import media_type
+from khazna.catalog.names import check_file_name, check_slug, normalize_text
+from khazna.catalog.search import SearchIndex
+from khazna.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from khazna.storage.blobstore import StoredBlob
+
+MAX_TAGS = 50
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    sha256: str
+    media_type: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "sha256": self.sha256,
+            "media_type": self.media_type,
+        }
+
+
+@dataclass(frozen=True)
+class ResolvedFile:
+    """A file of one version of a dataset the caller may read."""
+
+    org: str
+    dataset: str
+    access: str
+    version: int
+    file: FileEntry
+
+
+def _check_tags(tags: object) -> list[str]:
+    if tags is None:
+        return []
+    if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+        raise BadRequest(f"tags must be a list of at most {MAX_TAGS} names", field="tags")
+    return sorted({check_slug(t, "tag") for t in tags})
+
+
+def _check_license(value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 100:
+        raise BadRequest("license must be a short identifier such as CC-BY-4.0", field="license")
+    return value.strip()
+
+
+class Catalog:
+    def __init__(self, engine: Engine, policy: AccessPolicy, search: SearchIndex) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.search = search
+        # SQLite allows one writer; serializing writers in-process avoids lock upgrade
+        # deadlocks between threads. PostgreSQL relies on the unique constraints alone.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        with self._write_lock or nullcontext(), self.engine.begin() as conn:
+            yield conn
+
+    # organizations -------------------------------------------------------------------
+
+    def create_organization(
+        self, who: Principal, name: str, title: object = None, description: object = None
+    ) -> dict[str, Any]:
+        if not who.authenticated or who.user_id is None:
+            raise Unauthorized("creating an organization needs an API token")
+        check_slug(name, "organization")
+        title_t = normalize_text(title, "title") or {"fr": name}
+        desc_t = normalize_text(description, "description")
+        try:
+            with self._begin() as conn:
+                org_id = conn.execute(
+                    insert(db.organizations).values(
+                        name=name, title=title_t, description=desc_t, created_at=db.utcnow()
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+                # Whoever creates an organization administers it.
+                conn.execute(
+                    insert(db.memberships).values(org_id=org_id, user_id=who.user_id, role="admin")
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"organization {name!r} already exists") from exc
+        return self.organization(name)
+
+    def organization(self, name: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = self._org_row(conn, name)
+        return _org_view(row)
+
+    def organizations(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(db.organizations).order_by(db.organizations.c.name)).all()
+        return [_org_view(r) for r in rows]
+
+    def add_member(self, who: Principal, org: str, user: str, role: str) -> None:
+        if role not in ORG_ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ORG_ROLES)}", field="role")
+        with self._begin() as conn:
+            org_row = self._org_row(conn, org)
+            if not self.policy.can_manage(who, int(org_row.id)):
+                raise _denied(who, f"managing members of {org!r} needs its admin role")
+            user_row = conn.execute(select(db.users.c.id).where(db.users.c.name == user)).first()
+            if user_row is None:
+                raise NotFound(f"no user named {user!r}")
+            conn.execute(
+                delete(db.memberships).where(
+                    db.memberships.c.org_id == org_row.id,
+                    db.memberships.c.user_id == user_row.id,
+                )
+            )
+            conn.execute(
+                insert(db.memberships).values(org_id=org_row.id, user_id=user_row.id, role=role)
+            )
+
+    def roles_by_name(self, who: Principal) -> dict[str, str]:
+        """The caller's role in each organization, by organization name."""
+        if not who.roles:
+            return {}
+        o = db.organizations
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(o.c.id, o.c.name).where(o.c.id.in_(list(who.roles))))
+            return {str(r.name): who.roles[int(r.id)] for r in rows}
+
+    def _org_row(self, conn: Connection, name: str) -> Row[Any]:
+        row = conn.execute(select(db.organizations).where(db.organizations.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no organization named {name!r}")
+        return row
+
+    # datasets ------------------------------------------------------------------------
+
+    def create_dataset(
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        *,
+        title: object = None,
+        description: object = None,
+        tags: object = None,
+        license: object = None,
+        access: object = "public",
+    ) -> dict[str, Any]:
+        check_slug(org, "organization")
+        check_slug(name, "dataset")
+        values = {
+            "name": name,
+            "title": normalize_text(title, "title") or {"fr": name},
+            "description": normalize_text(description, "description"),
+            "license": _check_license(license),
+            "access": check_level(access if access is not None else "public"),
+        }
+        tag_list = _check_tags(tags)
+        now = db.utcnow()
+        try:
+            with self._begin() as conn:
+                org_row = self._org_row(conn, org)
+                if not self.policy.can_write(who, int(org_row.id)):
+                    raise _denied(who, f"creating datasets in {org!r} needs its editor role")
+                dataset_id = conn.execute(
+                    insert(db.datasets).values(
+                        org_id=org_row.id,
+                        current_version=0,
+                        created_by=who.user_id,
+                        created_at=now,
+                        updated_at=now,
+                        **values,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+                self._set_tags(conn, dataset_id, tag_list)
+                self.search.index(conn, dataset_id)
+        except IntegrityError as exc:
+            raise Conflict(f"dataset {org}/{name} already exists") from exc
+        return self.dataset(who, org, name)
+
+    def update_dataset(
+        self, who: Principal, org: str, name: str, changes: Mapping[str, object]
+    ) -> dict[str, Any]:
+        allowed = {"title", "description", "tags", "license", "access"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise BadRequest(
+                f"cannot change {', '.join(sorted(unknown))}; "
+                f"changeable: {', '.join(sorted(allowed))}"
+            )
+        values: dict[str, Any] = {}
+        if "title" in changes:
+            values["title"] = normalize_text(changes["title"], "title", required=True)
+        if "description" in changes:
+            values["description"] = normalize_text(changes["description"], "description")
+        if "license" in changes:
+            values["license"] = _check_license(changes["license"])
+        if "access" in changes:
+            values["access"] = check_level(changes["access"])
+        tag_list = _check_tags(changes["tags"]) if "tags" in changes else None
+        with self._begin() as conn:
+            row = self._writable_row(conn, who, org, name)
+            values["updated_at"] = db.utcnow()
+            conn.execute(update(db.datasets).where(db.datasets.c.id == row.id).values(**values))
+            if tag_list is not None:
+                self._set_tags(conn, row.id, tag_list)
+            self.search.index(conn, row.id)
+        return self.dataset(who, org, name)
+
+    def _set_tags(self, conn: Connection, dataset_id: int, tags: list[str]) -> None:
+        conn.execute(delete(db.dataset_tags).where(db.dataset_tags.c.dataset_id == dataset_id))
+        if tags:
+            conn.execute(
+                insert(db.dataset_tags), [{"dataset_id": dataset_id, "tag": t} for t in tags]
+            )
+
+    def _dataset_row(self, conn: Connection, org: str, name: str) -> Row[Any]:
+        d, o = db.datasets, db.organizations
+        row = conn.execute(
+            select(d, o.c.name.label("org_name"))
+            .join(o, o.c.id == d.c.org_id)
+            .where(o.c.name == org, d.c.name == name)
+        ).first()
+        if row is None:
+            raise NotFound(f"no dataset {org}/{name}")
+        return row
+
+    def _visible_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
+        row = self._dataset_row(conn, org, name)
+        if not self.policy.can_see(who, row):
+            # A dataset the caller may not see does not exist for them.
+            raise NotFound(f"no dataset {org}/{name}")
+        return row
+
+    def _readable_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
+        row = self._visible_row(conn, who, org, name)
+        if not self.policy.can_read(who, row):
+            raise _denied(
+                who,
+                f"dataset {org}/{name} is {row.access}: its data needs "
+                + (
+                    "a signed-in user"
+                    if row.access == "registered"
+                    else "membership of its organization"
+                ),
+            )
+        return row
+
+    def _writable_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
+        row = self._visible_row(conn, who, org, name)
+        if not self.policy.can_write(who, int(row.org_id)):
+            raise _denied(who, f"writing to {org}/{name} needs the editor role in {org!r}")
+        return row
+
+    def can_read(self, who: Principal, org: str, name: str) -> bool:
+        with self.engine.connect() as conn:
+            return self.policy.can_read(who, self._visible_row(conn, who, org, name))
+
+    def check_writable(self, who: Principal, org: str, name: str) -> int:
+        """Raise unless the caller may write to the dataset; returns its id."""
+        with self.engine.connect() as conn:
+            return int(self._writable_row(conn, who, org, name).id)
+
+    def dataset(self, who: Principal, org: str, name: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = self._visible_row(conn, who, org, name)
+            tags = (
+                conn.execute(
+                    select(db.dataset_tags.c.tag)
+                    .where(db.dataset_tags.c.dataset_id == row.id)
+                    .order_by(db.dataset_tags.c.tag)
+                )
+                .scalars()
+                .all()
+            )
+            files = self._files(conn, row.id, row.current_version)
+        return {
+            "org": row.org_name,
+            "name": row.name,
+            "title": row.title,
+            "description": row.description,
+            "tags": list(tags),
+            "license": row.license,
+            "access": row.access,
+            "version": row.current_version,
+            "created_at": db.iso(row.created_at),
+            "updated_at": db.iso(row.updated_at),
+            "files": [f.as_dict() for f in files],
+        }
+
+    def datasets_of(self, who: Principal, org: str) -> list[dict[str, Any]]:
+        d = db.datasets
+        with self.engine.connect() as conn:
+            org_row = self._org_row(conn, org)
+            names = (
+                conn.execute(
+                    select(d.c.name)
+                    .where(d.c.org_id == org_row.id, self.policy.visible_datasets(who))
+                    .order_by(d.c.name)
+                )
+                .scalars()
+                .all()
+            )
+        return [self.dataset(who, org, n) for n in names]
+
+    def _files(self, conn: Connection, dataset_id: int, number: int) -> list[FileEntry]:
+        vf, v = db.version_files, db.versions
+        rows = conn.execute(
+            select(vf.c.name, vf.c.size, vf.c.sha256, vf.c.media_type)
+            .join(v, v.c.id == vf.c.version_id)
+            .where(v.c.dataset_id == dataset_id, v.c.number == number)
+            .order_by(vf.c.name)
+        ).all()
+        return [FileEntry(r.name, int(r.size), r.sha256, r.media_type) for r in rows]
+
+    # versions ------------------------------------------------------------------------
+
+    def versions(self, who: Principal, org: str, name: str) -> list[dict[str, Any]]:
+        v, u = db.versions, db.users
+        with self.engine.connect() as conn:
+            row = self._readable_row(conn, who, org, name)
+            history = conn.execute(
+                select(v.c.number, v.c.message, v.c.created_at, u.c.name.label("user"))
+                .outerjoin(u, u.c.id == v.c.created_by)
+                .where(v.c.dataset_id == row.id)
+                .order_by(v.c.number.desc())
+            ).all()
+            return [
+                {
+                    "version": h.number,
+                    "created_at": db.iso(h.created_at),
+                    "created_by": h.user,
+                    "message": h.message,
+                    "files": [f.as_dict() for f in self._files(conn, row.id, h.number)],
+                }
+                for h in history
+            ]
+
+    def resolve_file(
+        self, who: Principal, org: str, name: str, file: str, version: int | None = None
+    ) -> ResolvedFile:
+        with self.engine.connect() as conn:
+            row = self._readable_row(conn, who, org, name)
+            number = row.current_version if version is None else version
+            if version is not None and not 1 <= version <= row.current_version:
+                raise NotFound(
+                    f"dataset {org}/{name} has no version {version} "
+                    f"(latest is {row.current_version})"
+                )
+            for entry in self._files(conn, row.id, number):
+                if entry.name == file:
+                    return ResolvedFile(org, name, row.access, number, entry)
+        raise NotFound(f"no file {file!r} in version {number} of {org}/{name}")
+
+    def commit_version(
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        changes: Mapping[str, StoredBlob | None],
+        *,
+        message: str = "",
+    ) -> tuple[int, list[FileEntry]]:
+        """Make a new version from the current one with ``changes`` applied.
+
+        ``changes`` maps file names to their new blob, or None to remove the file. The
+        blobs must already be stored. A change that alters nothing makes no version.
+        """
+        for file_name in changes:
+            check_file_name(file_name)
+        with self._begin() as conn:
+            row = self._writable_row(conn, who, org, name)
+            current = {f.name: f for f in self._files(conn, row.id, row.current_version)}
+            files = dict(current)
+            for file_name, blob in changes.items():
+                if blob is None:
+                    if file_name not in files:
+                        raise NotFound(f"no file {file_name!r} in {org}/{name}")
+                    del files[file_name]
+                else:
+                    files[file_name] = FileEntry(
+                        file_name, blob.size, blob.sha256, media_type(file_name)
+                    )
+            if files == current and row.current_version > 0:
+                return row.current_version, sorted(files.values(), key=lambda f: f.name)
+            number = row.current_version + 1
+            now = db.utcnow()
+            for entry in files.values():
+                conn.execute(
+                    db.insert_ignore(
+                        conn,
+                        db.blobs,
+                        {"sha256": entry.sha256, "size": entry.size, "created_at": now},
+                    )
+                )
+            version_id = conn.execute(
+                insert(db.versions).values(
+                    dataset_id=row.id,
+                    number=number,
+                    message=message,
+                    created_by=who.user_id,
+                    created_at=now,
+                )
+            ).inserted_primary_key[0]  # type: ignore[index]
+            if files:
+                conn.execute(
+                    insert(db.version_files),
+                    [{"version_id": version_id, **f.as_dict()} for f in files.values()],
+                )
+            moved = conn.execute(
+                update(db.datasets)
+                .where(
+                    db.datasets.c.id == row.id, db.datasets.c.current_version == row.current_version
+                )
+                .values(current_version=number, updated_at=now)
+            ).rowcount
+            if moved != 1:
+                raise Conflict(f"{org}/{name} changed during the upload; try again")
+            self.search.index(conn, row.id)
+        return number, sorted(files.values(), key=lambda f: f.name)
+
+    def known_blobs(self) -> Iterable[tuple[str, int]]:
+        with self.engine.connect() as conn:
+            yield from (
+                (r.sha256, int(r.size))
+                for r in conn.execute(
+                    select(db.blobs.c.sha256, db.blobs.c.size).order_by(db.blobs.c.sha256)
+                )
+            )
+
+
+def _org_view(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "title": row.title,
+        "description": row.description,
+        "created_at": db.iso(row.created_at),
+    }
+
+
+def _denied(who: Principal, reason: str) -> Unauthorized | Forbidden:
+    """401 for a caller with no token (a token may help), 403 for a signed-in one."""
+    if not who.authenticated:
+        return Unauthorized(f"{reason}; send an API token")
+    return Forbidden(reason)

@@ -1,0 +1,227 @@
+"""The ``khazna`` command: server side (serve, users, verify) and client side (push, pull...)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from khazna import __version__
+from khazna.catalog.names import pick_language
+from khazna.client import Client, KhaznaClientError
+from khazna.config import Settings
+from khazna.errors import KhaznaError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Khazna, a sovereign data hub. Server commands act on $KHAZNA_HOME; "
+    "client commands talk to $KHAZNA_URL with $KHAZNA_TOKEN.",
+)
+users_app = typer.Typer(no_args_is_help=True, help="Manage the hub's users (server side).")
+app.add_typer(users_app, name="users")
+
+out = Console()
+err = Console(stderr=True)
+
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", envvar="KHAZNA_HOME", help="The hub folder.")
+]
+
+
+def _hub(home: Path | None):  # type: ignore[no-untyped-def]
+    from khazna.hub import Hub
+
+    return Hub(Settings.from_env(home))
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Report hub and client errors as one line on stderr, exit status 1."""
+    try:
+        yield
+    except (KhaznaClientError, KhaznaError, ValueError, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        err.print(f"[red]error:[/red] {message}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def version() -> None:
+    """Print Khazna's version."""
+    out.print(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    demo: Annotated[bool, typer.Option("--demo", help="Load the bundled sample datasets.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Run the hub."""
+    import uvicorn
+
+    from khazna.app import create_app
+
+    with _errors():
+        hub = _hub(home)
+        if demo:
+            from khazna.demo import load_demo
+
+            changed = load_demo(hub)
+            err.print(f"demo data: {len(changed)} dataset(s) loaded or updated")
+        err.print(
+            f"Khazna {__version__}: hub folder {hub.settings.home}, http://{host}:{port}/",
+            highlight=False,
+        )
+    uvicorn.run(
+        create_app(hub), host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+    )
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    admin: Annotated[bool, typer.Option("--admin", help="Make a hub administrator.")] = False,
+    org: Annotated[str | None, typer.Option(help="Also make the user a member of ORG.")] = None,
+    role: Annotated[str, typer.Option(help="Role in --org: admin, editor or member.")] = "editor",
+    home: HomeOpt = None,
+) -> None:
+    """Create a user; prints its new API token as the last line."""
+    with _errors():
+        hub = _hub(home)
+        _, token = hub.accounts.add_user(name, admin=admin)
+        if org:
+            hub.catalog.add_member(hub.accounts.system_principal(), org, name, role)
+        err.print(f"user {name} created{' (admin)' if admin else ''}; its token is shown once:")
+        print(token)
+
+
+@app.command()
+def verify(home: HomeOpt = None) -> None:
+    """Re-hash every stored blob; non-zero exit and a report on any damage."""
+    with _errors():
+        report = _hub(home).verify()
+    for problem in report.problems:
+        out.print(f"[red]DAMAGED[/red] {problem}", highlight=False)
+    out.print(f"{report.blobs_checked} blob(s) checked, {len(report.problems)} problem(s)")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# client side ---------------------------------------------------------------------------
+
+
+def _client() -> Client:
+    return Client(os.environ.get("KHAZNA_URL"), os.environ.get("KHAZNA_TOKEN"))
+
+
+@contextmanager
+def _transfer_bar() -> Iterator[Progress]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=False) as bar:
+        yield bar
+
+
+def _progress_callback(bar: Progress):  # type: ignore[no-untyped-def]
+    tasks: dict[str, TaskID] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = bar.add_task(name, total=total)
+        bar.update(tasks[name], completed=done, total=total)
+
+    return update
+
+
+@app.command()
+def push(
+    ref: Annotated[str, typer.Argument(metavar="ORG/DATASET")],
+    files: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True)],
+    title: Annotated[str | None, typer.Option(help="Title, if the dataset is created.")] = None,
+    access: Annotated[
+        str,
+        typer.Option(help="public, registered, restricted or private, if the dataset is created."),
+    ] = "public",
+    message: Annotated[str, typer.Option("-m", "--message", help="What changed.")] = "",
+) -> None:
+    """Upload files as one new version (creating the dataset if needed); resumable."""
+    with _errors(), _client() as client, _transfer_bar() as bar:
+        result = client.push(
+            ref,
+            files,
+            message=message,
+            progress=_progress_callback(bar),
+            title=title,
+            access=access,
+        )
+    out.print(f"{ref}: version {result['version']}")
+    for f in result["files"]:
+        out.print(f"  {f['sha256']}  {f['size']:>12}  {f['name']}", highlight=False)
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(metavar="ORG/DATASET")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write to.")] = Path("."),
+    version: Annotated[int | None, typer.Option(help="Version (default: latest).")] = None,
+) -> None:
+    """Download a dataset's files, verifying each SHA-256."""
+    with _errors(), _client() as client, _transfer_bar() as bar:
+        paths = client.pull(ref, output, version=version, progress=_progress_callback(bar))
+    for p in paths:
+        out.print(f"{p}", highlight=False)
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument()] = "",
+    org: Annotated[str | None, typer.Option()] = None,
+    tag: Annotated[str | None, typer.Option()] = None,
+    format: Annotated[str | None, typer.Option("--format")] = None,
+    license: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option()] = 20,
+    lang: Annotated[str, typer.Option(help="Language of titles: fr, ar, en.")] = "fr",
+) -> None:
+    """Search the catalog."""
+    with _errors(), _client() as client:
+        found = client.search(text, org=org, tag=tag, format=format, license=license, limit=limit)
+    table = Table("dataset", "title", "access", "tags", title=f"{found['count']} result(s)")
+    for r in found["results"]:
+        table.add_row(
+            f"{r['org']}/{r['name']}",
+            pick_language(r["title"], lang),
+            r["access"],
+            ", ".join(r["tags"]),
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

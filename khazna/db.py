@@ -1,0 +1,210 @@
+"""The metadata database: one schema, SQLite embedded or PostgreSQL at scale."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+
+metadata = MetaData()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(name: str, nullable: bool = False) -> Column[Any]:
+    return Column(name, DateTime(timezone=True), nullable=nullable)
+
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("title", JSON, nullable=False),
+    Column("description", JSON, nullable=False),
+    _ts("created_at"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    _ts("created_at"),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    # SHA-256 of the token: the token itself is shown once and never stored.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("label", String(200), nullable=False, default=""),
+    _ts("created_at"),
+    _ts("revoked_at", nullable=True),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("org_id", Integer, ForeignKey("organizations.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("role", String(20), nullable=False),
+    PrimaryKeyConstraint("org_id", "user_id"),
+)
+
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("org_id", Integer, ForeignKey("organizations.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("title", JSON, nullable=False),
+    Column("description", JSON, nullable=False),
+    Column("license", String(100), nullable=False, default=""),
+    Column("access", String(20), nullable=False, default="public"),
+    Column("current_version", Integer, nullable=False, default=0),
+    Column("created_by", Integer, ForeignKey("users.id"), nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+    UniqueConstraint("org_id", "name"),
+)
+
+dataset_tags = Table(
+    "dataset_tags",
+    metadata,
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("tag", String(100), nullable=False),
+    PrimaryKeyConstraint("dataset_id", "tag"),
+)
+
+# The format labels (CSV, GeoTIFF, ...) of a dataset's current files, for search facets.
+dataset_formats = Table(
+    "dataset_formats",
+    metadata,
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("format", String(50), nullable=False),
+    PrimaryKeyConstraint("dataset_id", "format"),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    _ts("created_at"),
+)
+
+versions = Table(
+    "versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("message", Text, nullable=False, default=""),
+    Column("created_by", Integer, ForeignKey("users.id"), nullable=True),
+    _ts("created_at"),
+    # The unique pair is what makes concurrent writers agree on version numbers.
+    UniqueConstraint("dataset_id", "number"),
+)
+
+version_files = Table(
+    "version_files",
+    metadata,
+    Column("version_id", Integer, ForeignKey("versions.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("media_type", String(200), nullable=False),
+    PrimaryKeyConstraint("version_id", "name"),
+)
+
+upload_sessions = Table(
+    "upload_sessions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("state", String(20), nullable=False),  # open, committed, aborted
+    Column("message", Text, nullable=False, default=""),
+    Column("version", Integer, nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+upload_files = Table(
+    "upload_files",
+    metadata,
+    Column("session_id", String(40), ForeignKey("upload_sessions.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=True),
+    PrimaryKeyConstraint("session_id", "name"),
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers go on while one writer commits; busy_timeout makes writers queue.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def create_schema(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+def iso(ts: datetime | None) -> str | None:
+    """ISO 8601 in UTC; SQLite hands back naive datetimes that were stored as UTC."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def insert_ignore(engine_or_conn: Any, table: Table, values: dict[str, Any]) -> Any:
+    """INSERT that does nothing when the primary key exists (SQLite and PostgreSQL)."""
+    name = engine_or_conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+    else:
+        raise NotImplementedError(f"unsupported database {name}")
+    return dialect_insert(table).values(**values).on_conflict_do_nothing()

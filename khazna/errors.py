@@ -1,0 +1,73 @@
+"""One exception per kind of failure; the API maps each to its HTTP status in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class KhaznaError(Exception):
+    """Base of every error the hub reports to a caller."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(KhaznaError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidName(BadRequest):
+    code = "invalid_name"
+
+
+class Unauthorized(KhaznaError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(KhaznaError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(KhaznaError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(KhaznaError):
+    status = 409
+    code = "conflict"
+
+
+class PreconditionFailed(KhaznaError):
+    status = 412
+    code = "precondition_failed"
+
+
+class TooLarge(KhaznaError):
+    status = 413
+    code = "too_large"
+
+
+class RangeNotSatisfiable(KhaznaError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+class Unprocessable(KhaznaError):
+    status = 422
+    code = "unprocessable"
+
+
+class StorageFailure(KhaznaError):
+    """The hub could not store bytes (disk full, I/O error): not the client's fault."""
+
+    status = 507
+    code = "storage_failure"

@@ -1,0 +1,72 @@
+"""The hub: one object that owns the configuration, the database and the rooms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from khazna import db
+from khazna.access import AccessPolicy, Accounts
+from khazna.catalog.search import SearchIndex
+from khazna.catalog.service import Catalog
+from khazna.catalog.uploads import UploadSessions
+from khazna.config import Settings
+from khazna.storage.blobstore import LocalBlobStore
+
+
+@dataclass
+class VerifyReport:
+    blobs_checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Hub:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.engine = db.make_engine(settings.database_url)
+        db.create_schema(self.engine)
+        self.blobs = LocalBlobStore(settings.blob_dir, settings.tmp_dir)
+        self.accounts = Accounts(self.engine)
+        self.policy = AccessPolicy()
+        self.search = SearchIndex(self.engine, self.policy)
+        self.catalog = Catalog(self.engine, self.policy, self.search)
+        self.uploads = UploadSessions(
+            self.engine,
+            self.catalog,
+            self.blobs,
+            settings.uploads_dir,
+            settings.max_upload_bytes,
+            settings.upload_session_ttl_s,
+        )
+        self._clear_stale_temporaries()
+
+    def _clear_stale_temporaries(self) -> None:
+        # A process killed mid-upload leaves its temporary file; nothing refers to it.
+        for part in self.settings.tmp_dir.glob("upload-*.part"):
+            part.unlink(missing_ok=True)
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every blob the catalog refers to; report missing or damaged ones."""
+        report = VerifyReport()
+        for sha, size in self.catalog.known_blobs():
+            report.blobs_checked += 1
+            if not self.blobs.exists(sha):
+                report.problems.append(f"blob {sha} is missing")
+                continue
+            actual_size = self.blobs.size(sha)
+            if actual_size != size:
+                report.problems.append(
+                    f"blob {sha} has {actual_size} bytes, the catalog recorded {size}"
+                )
+                continue
+            actual = self.blobs.rehash(sha)
+            if actual != sha:
+                report.problems.append(f"blob {sha} is damaged: its content hashes to {actual}")
+        return report
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,199 @@
+"""Content-addressed blob storage.
+
+A blob is named by the SHA-256 of its bytes. Bytes are streamed to a temporary file,
+hashed on the way, fsynced, and only then renamed into place, so a reader never sees a
+partial blob and identical content is stored once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from khazna.errors import StorageFailure, TooLarge, Unprocessable
+
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size: int
+    created: bool  # False when identical content was already stored
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.4g} {unit}"
+        n = n / 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def too_large(limit: int) -> TooLarge:
+    return TooLarge(
+        f"upload exceeds the hub's maximum upload size of {human_bytes(limit)} ({limit} bytes)",
+        limit=limit,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class BlobWriter(Protocol):
+    """Receives one blob's bytes; ``commit`` makes it visible, ``abort`` leaves no trace."""
+
+    size: int
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self, expected_sha256: str | None = None) -> StoredBlob: ...
+
+    def abort(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    def writer(self, max_bytes: int) -> BlobWriter: ...
+
+    def adopt_file(self, path: Path) -> StoredBlob: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def size(self, sha256: str) -> int: ...
+
+    def read_range(self, sha256: str, start: int, length: int) -> Iterator[bytes]: ...
+
+    def rehash(self, sha256: str) -> str: ...
+
+    def iter_hashes(self) -> Iterator[str]: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalFileWriter:
+    """Streams into ``tmp_dir`` and renames into the blob tree on commit."""
+
+    def __init__(self, store: LocalBlobStore, max_bytes: int) -> None:
+        self._store = store
+        self._max = max_bytes
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._path = store.tmp_dir / f"upload-{uuid.uuid4().hex}.part"
+        try:
+            self._file = open(self._path, "xb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            raise StorageFailure(f"cannot open a temporary file for the upload: {exc}") from exc
+        self._done = False
+
+    def write(self, chunk: bytes) -> None:
+        if self.size + len(chunk) > self._max:
+            self.abort()
+            raise too_large(self._max)
+        try:
+            self._file.write(chunk)
+        except OSError as exc:
+            self.abort()
+            raise StorageFailure(f"could not write the upload to storage: {exc}") from exc
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    def commit(self, expected_sha256: str | None = None) -> StoredBlob:
+        digest = self._hash.hexdigest()
+        if expected_sha256 is not None and expected_sha256.lower() != digest:
+            self.abort()
+            raise Unprocessable(
+                f"content SHA-256 is {digest}, but the client announced {expected_sha256}"
+            )
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            stored = self._store.place(self._path, digest, self.size)
+        except OSError as exc:
+            self.abort()
+            raise StorageFailure(f"could not store the upload: {exc}") from exc
+        self._done = True
+        return stored
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class LocalBlobStore:
+    """Blobs under ``root/ab/cd/abcd...``; temporary files under ``tmp_dir``."""
+
+    def __init__(self, root: Path, tmp_dir: Path) -> None:
+        self.root = root
+        self.tmp_dir = tmp_dir
+        root.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def writer(self, max_bytes: int) -> LocalFileWriter:
+        return LocalFileWriter(self, max_bytes)
+
+    def place(self, tmp_path: Path, sha256: str, size: int) -> StoredBlob:
+        """Move a complete, fsynced file into place under its hash."""
+        target = self.path_of(sha256)
+        if target.exists():
+            tmp_path.unlink(missing_ok=True)
+            return StoredBlob(sha256, size, created=False)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+        return StoredBlob(sha256, size, created=True)
+
+    def adopt_file(self, path: Path) -> StoredBlob:
+        """Hash a finished, fsynced file (same file system) and move it into place."""
+        return self.place(path, file_sha256(path), path.stat().st_size)
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_of(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        return self.path_of(sha256).stat().st_size
+
+    def read_range(self, sha256: str, start: int, length: int) -> Iterator[bytes]:
+        with open(self.path_of(sha256), "rb") as f:
+            f.seek(start)
+            left = length
+            while left > 0:
+                chunk = f.read(min(READ_CHUNK, left))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                yield chunk
+
+    def rehash(self, sha256: str) -> str:
+        return file_sha256(self.path_of(sha256))
+
+    def iter_hashes(self) -> Iterator[str]:
+        for p in sorted(self.root.glob("??/??/*")):
+            if p.is_file():
+                yield p.name

@@ -1,0 +1,1 @@
+"""HTML pages for people; they call the same rooms as the API."""
