@@ -22,6 +22,7 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:8000"
 CHUNK = 16 * 1024 * 1024
 READ = 1024 * 1024
+BUSY_RETRIES = 50  # a few minutes of patience for the hub to notice a dead request
 
 # Called as progress(file_name, bytes_done, bytes_total) while a file moves.
 Progress = Callable[[str, int, int], None]
@@ -245,7 +246,7 @@ class Client:
         self, session_id: str, path: Path, progress: Progress | None, chunk_size: int
     ) -> None:
         size = path.stat().st_size
-        attempts = 0
+        attempts = busy = 0
         while True:
             status = self._json("GET", f"/uploads/{session_id}")
             received = next(f["received"] for f in status["files"] if f["name"] == path.name)
@@ -263,11 +264,16 @@ class Client:
                             params={"offset": received},
                             content=chunk,
                         )
-                        if (
-                            answer.status_code == 409
-                            and answer.json().get("error", {}).get("code") == "offset_mismatch"
-                        ):
+                        code = _error_code(answer)
+                        if code == "offset_mismatch":
                             break  # the hub knows better: ask again
+                        if code == "upload_busy":
+                            # The hub has not yet noticed our previous, broken request.
+                            busy += 1
+                            if busy > BUSY_RETRIES:
+                                _raise_for_error(answer)
+                            time.sleep(0.1 * busy)
+                            break
                         _raise_for_error(answer)
                         received = answer.json()["received"]
                         if progress:
@@ -416,6 +422,15 @@ class Client:
 def _iter_file(f: Any) -> Iterator[bytes]:
     while chunk := f.read(READ):
         yield chunk
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    if not response.is_error:
+        return None
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _raise_for_error(response: httpx.Response) -> None:

@@ -28,6 +28,9 @@ class Settings:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     # Resumable upload sessions not touched for this long are removed.
     upload_session_ttl_s: int = 7 * 24 * 3600
+    # A request body that sends nothing for this long is dropped, so a client that vanished
+    # without closing its connection does not hold an upload forever.
+    body_idle_timeout_s: float = 60.0
     jurisdiction: str = field(default="")
 
     @property
@@ -51,5 +54,6 @@ class Settings:
             database_url=db_url,
             max_upload_bytes=_int_env("KHAZNA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES),
             upload_session_ttl_s=_int_env("KHAZNA_UPLOAD_SESSION_TTL_S", 7 * 24 * 3600),
+            body_idle_timeout_s=float(_int_env("KHAZNA_BODY_IDLE_TIMEOUT_S", 60)),
             jurisdiction=os.environ.get("KHAZNA_JURISDICTION", ""),
         )

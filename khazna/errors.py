@@ -41,6 +41,11 @@ class NotFound(KhaznaError):
     code = "not_found"
 
 
+class RequestTimeout(KhaznaError):
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(KhaznaError):
     status = 409
     code = "conflict"

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from khazna import __version__
 from khazna.access.accounts import Principal
+from khazna.api.bodies import body_chunks
 from khazna.api.deps import get_hub, get_principal
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
@@ -143,12 +144,8 @@ def list_versions(org: str, name: str, who: Who, hub: HubDep) -> dict[str, Any]:
     return {"versions": hub.catalog.versions(who, org, name)}
 
 
-@router.api_route(
-    "/datasets/{org}/{name}/files/{file}",
-    methods=["GET", "HEAD"],
-    tags=["files"],
-    response_class=Response,
-)
+@router.get("/datasets/{org}/{name}/files/{file}", tags=["files"], response_class=Response)
+@router.head("/datasets/{org}/{name}/files/{file}", tags=["files"], response_class=Response)
 def download_file(
     org: str,
     name: str,
@@ -175,7 +172,7 @@ async def upload_file(
         raise too_large(limit)
     writer = hub.blobs.writer(limit)
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, hub.settings.body_idle_timeout_s):
             writer.write(chunk)
         blob = await run_in_threadpool(writer.commit, request.headers.get("x-content-sha256"))
     except BaseException:
@@ -226,7 +223,8 @@ async def upload_chunk(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     # On a disconnect what arrived is kept; the client asks for the status and resumes.
-    return await hub.uploads.receive(who, session_id, file, offset, request.stream())
+    chunks = body_chunks(request, hub.settings.body_idle_timeout_s)
+    return await hub.uploads.receive(who, session_id, file, offset, chunks)
 
 
 @router.post("/uploads/{session_id}/commit", tags=["uploads"])
@@ -253,7 +251,7 @@ def search(
     format: str | None = None,
     license: str | None = None,
     limit: Annotated[int, Query(ge=0, le=1000)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # SQLite's largest integer
 ) -> dict[str, Any]:
     return hub.search.search(
         who, q, org=org, tag=tag, format=format, license=license, limit=limit, offset=offset

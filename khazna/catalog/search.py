@@ -37,8 +37,9 @@ from khazna.errors import BadRequest
 FTS_TABLE = "dataset_search"
 MAX_LIMIT = 1000
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
-# Letters and digits plus Arabic combining marks (harakat), which \w alone would split on.
-_TERM = re.compile(r"[\w\u0610-\u061a\u064b-\u065f\u0670]+", re.UNICODE)
+# Letters and digits plus combining marks \w alone would split on: Latin accents typed
+# decomposed (NFD "donne\u0301es", folded by the tokenizer) and Arabic harakat.
+_TERM = re.compile(r"[\w\u0300-\u036f\u0610-\u061a\u064b-\u065f\u0670]+", re.UNICODE)
 
 _fts = Table(
     FTS_TABLE,
@@ -54,9 +55,21 @@ _fts = Table(
 _WEIGHTS = (10.0, 3.0, 6.0, 2.0, 1.0)
 
 
+# Arabic short vowels and other marks (harakat), and the tatweel stretching character:
+# optional in writing, so "السُّكَّان" and "السكان" are the same word.
+_ARABIC_MARKS = re.compile(
+    r"[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed\u0640]"
+)
+
+
+def fold(text: str) -> str:
+    """What the index stores and the query is matched against (accents are folded by FTS5)."""
+    return _ARABIC_MARKS.sub("", text)
+
+
 def fts_query(q: str) -> str:
     """User text -> FTS5 query: every word must match, as a prefix, quoted (no syntax)."""
-    return " ".join(f'"{t}"*' for t in _TERM.findall(q))
+    return " ".join(f'"{t}"*' for t in _TERM.findall(fold(q)))
 
 
 def render_snippet(raw: str) -> str:
@@ -110,11 +123,11 @@ class SearchIndex:
         conn.execute(
             insert(_fts).values(
                 rowid=dataset_id,
-                title="\n".join(row.title.values()),
-                description="\n".join(row.description.values()),
+                title=fold("\n".join(row.title.values())),
+                description=fold("\n".join(row.description.values())),
                 tags=" ".join(tags),
                 files=" ".join(files),
-                org=" ".join([row.org_name, *row.org_title.values()]),
+                org=fold(" ".join([row.org_name, *row.org_title.values()])),
             )
         )
         conn.execute(

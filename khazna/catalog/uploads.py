@@ -46,6 +46,13 @@ class OffsetMismatch(Conflict):
     code = "offset_mismatch"
 
 
+class UploadBusy(Conflict):
+    """A chunk of the same file is still being received (or its dead connection is not yet
+    noticed by the server); the client waits and asks again."""
+
+    code = "upload_busy"
+
+
 class UploadSessions:
     def __init__(
         self,
@@ -189,7 +196,7 @@ class UploadSessions:
             try:
                 fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
-                raise Conflict(f"another chunk of {file_name!r} is being received") from exc
+                raise UploadBusy(f"another chunk of {file_name!r} is being received") from exc
             received = out.tell()
             if offset != received:
                 raise OffsetMismatch(

@@ -34,6 +34,7 @@ def load_demo(hub: Hub) -> list[str]:
     changed = []
     for ds in spec["datasets"]:
         fields = {k: ds[k] for k in ("title", "description", "tags", "license", "access")}
+        fields["tags"] = sorted(set(fields["tags"]))  # as the catalog returns them
         try:
             current = hub.catalog.dataset(who, org["name"], ds["name"])
         except NotFound:

@@ -1,0 +1,26 @@
+"""Reading request bodies as streams, with an idle timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+
+from khazna.errors import RequestTimeout
+
+
+async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; RequestTimeout if the client sends nothing for ``idle_timeout_s``."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"the request body stalled: nothing arrived for {idle_timeout_s:g} s"
+            ) from exc
+        if chunk:
+            yield chunk

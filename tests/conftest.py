@@ -1,0 +1,178 @@
+"""Fixtures: a hub in a temporary folder, the app in-process, and real servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from khazna.app import create_app
+from khazna.config import Settings
+from khazna.hub import Hub
+
+REPO = Path(__file__).resolve().parent.parent
+_SHARED = REPO.parent / "shared" / "data"
+# The fixtures shipped with the repository are byte-exact copies of ../shared/data.
+DATA = _SHARED if _SHARED.is_dir() else REPO / "khazna" / "demo" / "data"
+DATA_FILES = sorted(
+    p for p in DATA.rglob("*") if p.is_file() and p.name != "SOURCES.md" and "ckan" not in p.parts
+) + sorted((DATA / "ckan").rglob("*.json") if (DATA / "ckan").is_dir() else [])
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    h = Hub(Settings.from_env(tmp_path / "hub"))
+    yield h
+    h.close()
+
+
+@dataclass
+class Api:
+    """The app in-process, with tokens for a few users."""
+
+    http: TestClient
+    hub: Hub
+    admin: str
+    editor: str  # editor of organization "ministere-sante"
+    outsider: str  # signed in, member of nothing
+
+    def auth(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(hub: Hub) -> Iterator[Api]:
+    _, admin = hub.accounts.add_user("admin", admin=True)
+    _, editor = hub.accounts.add_user("nadia")
+    _, outsider = hub.accounts.add_user("startup")
+    with TestClient(create_app(hub), raise_server_exceptions=False) as http:
+        a = Api(http, hub, admin, editor, outsider)
+        r = http.post(
+            "/api/v1/organizations",
+            json={"name": "ministere-sante", "title": {"fr": "Ministère de la Santé"}},
+            headers=a.auth(admin),
+        )
+        assert r.status_code == 201, r.text
+        r = http.put(
+            "/api/v1/organizations/ministere-sante/members",
+            json={"user": "nadia", "role": "editor"},
+            headers=a.auth(admin),
+        )
+        assert r.status_code == 204, r.text
+        yield a
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    home: Path
+    proc: subprocess.Popen[bytes]
+    token: str  # an admin's
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, **kw
+        )
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KHAZNA_URL": self.url, "KHAZNA_TOKEN": self.token}
+
+
+def khazna_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "khazna", *args]
+
+
+def start_server(
+    home: Path, extra_env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+) -> LiveServer:
+    env = {**os.environ, "KHAZNA_HOME": str(home), **(extra_env or {})}
+    out = subprocess.run(
+        khazna_cmd("users", "add", "operator", "--admin"),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = out.stdout.strip().splitlines()[-1]
+    port = free_port()
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(
+        khazna_cmd("serve", "--port", str(port)),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=preexec,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError((home / "server.log").read_text())
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return LiveServer(url, home, proc, token)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("khazna serve did not answer within 30 s")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveServer]:
+    home = tmp_path / "live"
+    home.mkdir()
+    server = start_server(home)
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def live_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start servers with their own settings (limits, resource limits)."""
+    servers: list[LiveServer] = []
+
+    def make(
+        extra_env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+    ) -> LiveServer:
+        home = tmp_path / f"live{len(servers)}"
+        home.mkdir()
+        server = start_server(home, extra_env, preexec)
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        stop_server(s)
+
+
+def leftovers(home: Path) -> dict[str, list[str]]:
+    """Temporary and staged files under a hub folder."""
+    return {
+        "tmp": sorted(p.name for p in (home / "tmp").glob("*")),
+        "blobs": sorted(p.name for p in (home / "blobs").glob("??/??/*")),
+    }
