@@ -36,8 +36,8 @@ app = typer.Typer(
 users_app = typer.Typer(no_args_is_help=True, help="Manage the hub's users (server side).")
 app.add_typer(users_app, name="users")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", envvar="KHAZNA_HOME", help="The hub folder.")

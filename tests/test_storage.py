@@ -1,0 +1,86 @@
+"""The blob store: content-addressed, whole or nothing, stored once."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from khazna.errors import TooLarge, Unprocessable
+from khazna.storage.blobstore import LocalBlobStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalBlobStore:
+    return LocalBlobStore(tmp_path / "blobs", tmp_path / "tmp")
+
+
+def put(store: LocalBlobStore, *chunks: bytes, limit: int = 10**9):
+    writer = store.writer(limit)
+    for c in chunks:
+        writer.write(c)
+    return writer.commit()
+
+
+def test_a_blob_is_named_by_its_sha256_and_placed_under_it(store: LocalBlobStore) -> None:
+    blob = put(store, b"code,name\n", b"01,Tanger\n")
+    digest = hashlib.sha256(b"code,name\n01,Tanger\n").hexdigest()
+    assert (blob.sha256, blob.size, blob.created) == (digest, 20, True)
+    path = store.root / digest[:2] / digest[2:4] / digest
+    assert path.read_bytes() == b"code,name\n01,Tanger\n"
+    assert list(store.iter_hashes()) == [digest]
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_identical_content_is_stored_once(store: LocalBlobStore) -> None:
+    first = put(store, b"same bytes")
+    second = put(store, b"same ", b"bytes")
+    assert first.sha256 == second.sha256
+    assert (first.created, second.created) == (True, False)
+    assert len(list(store.iter_hashes())) == 1
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_crossing_the_size_limit_aborts_and_leaves_nothing(store: LocalBlobStore) -> None:
+    writer = store.writer(10)
+    writer.write(b"12345")
+    with pytest.raises(TooLarge) as refused:
+        writer.write(b"678901")
+    assert refused.value.message == (
+        "upload exceeds the hub's maximum upload size of 10 bytes (10 bytes)"
+    )
+    assert list(store.tmp_dir.iterdir()) == []
+    assert list(store.iter_hashes()) == []
+
+
+def test_an_announced_hash_that_does_not_match_stores_nothing(store: LocalBlobStore) -> None:
+    writer = store.writer(100)
+    writer.write(b"abc")
+    with pytest.raises(Unprocessable) as refused:
+        writer.commit(expected_sha256="0" * 64)
+    assert hashlib.sha256(b"abc").hexdigest() in refused.value.message
+    assert list(store.tmp_dir.iterdir()) == []
+    assert list(store.iter_hashes()) == []
+
+
+def test_ranges_read_exact_slices(store: LocalBlobStore) -> None:
+    data = bytes(range(256)) * 10_000  # 2.56 MB, several read chunks
+    blob = put(store, data)
+    assert b"".join(store.read_range(blob.sha256, 0, 10)) == data[:10]
+    assert (
+        b"".join(store.read_range(blob.sha256, 1_500_000, 1_200_000)) == data[1_500_000:2_700_000]
+    )
+    assert b"".join(store.read_range(blob.sha256, len(data) - 3, 3)) == data[-3:]
+
+
+def test_rehash_reveals_a_damaged_blob(store: LocalBlobStore) -> None:
+    blob = put(store, b"original")
+    assert store.rehash(blob.sha256) == blob.sha256
+    store.path_of(blob.sha256).write_bytes(b"tampered")
+    assert store.rehash(blob.sha256) == hashlib.sha256(b"tampered").hexdigest()
+
+
+def test_only_hex_digests_name_blobs(store: LocalBlobStore) -> None:
+    with pytest.raises(ValueError):
+        store.path_of("../../etc/passwd")
