@@ -197,9 +197,7 @@ def test_arabic_is_searched_as_written(demo: Api) -> None:
         assert "<mark>السكان</mark> والأسر" in result["snippet"]
 
 
-@pytest.mark.parametrize(
-    "typed", ["السُّكَّان", "الســكان"], ids=["with-harakat", "with-tatweel"]
-)
+@pytest.mark.parametrize("typed", ["السُّكَّان", "الســكان"], ids=["with-harakat", "with-tatweel"])
 def test_arabic_vowel_marks_and_tatweel_are_optional(demo: Api, typed: str) -> None:
     assert search(demo, q=typed) == search(demo, q="السكان")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -14,10 +15,12 @@ from khazna.api.bodies import body_chunks
 from khazna.api.deps import get_hub, get_principal
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
+from khazna.errors import BadRequest
 from khazna.hub import Hub
 from khazna.storage.blobstore import too_large
 
 router = APIRouter(prefix="/api/v1")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 HubDep = Annotated[Hub, Depends(get_hub)]
 Who = Annotated[Principal, Depends(get_principal)]
@@ -170,11 +173,14 @@ async def upload_file(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
+    announced = request.headers.get("x-content-sha256")
+    if announced is not None and not _SHA256.fullmatch(announced):
+        raise BadRequest("X-Content-SHA256 must be 64 hexadecimal digits")
     writer = hub.blobs.writer(limit)
     try:
         async for chunk in body_chunks(request, hub.settings.body_idle_timeout_s):
             writer.write(chunk)
-        blob = await run_in_threadpool(writer.commit, request.headers.get("x-content-sha256"))
+        blob = await run_in_threadpool(writer.commit, announced)
     except BaseException:
         # Disconnects, size limit, disk errors: the temporary file goes, nothing is visible.
         writer.abort()

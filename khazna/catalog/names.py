@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from khazna.errors import InvalidName
+from khazna.errors import BadRequest, InvalidName
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,98}[a-z0-9])?$")
 _LANG = re.compile(r"^[a-z]{2,3}$")
 DEFAULT_LANGUAGE = "fr"
+# Characters per language; enough for a long description, not for a smuggled file.
+TEXT_LIMITS = {"title": 300, "description": 20_000}
 MAX_FILE_NAME = 255
 
 
@@ -51,6 +53,7 @@ def normalize_text(value: object, what: str, *, required: bool = False) -> dict[
             raise InvalidName(f"{what} is required", field=what)
         return {}
     if isinstance(value, str):
+        _check_text(value, what, TEXT_LIMITS.get(what, 20_000))
         return {DEFAULT_LANGUAGE: value.strip()}
     if isinstance(value, dict):
         out: dict[str, str] = {}
@@ -62,12 +65,21 @@ def normalize_text(value: object, what: str, *, required: bool = False) -> dict[
                 )
             if not isinstance(text, str):
                 raise InvalidName(f"{what}[{lang}] must be a string", field=what)
+            _check_text(text, f"{what}[{lang}]", TEXT_LIMITS.get(what, 20_000))
             if text.strip():
                 out[lang] = text.strip()
         if required and not out:
             raise InvalidName(f"{what} is required", field=what)
         return out
     raise InvalidName(f"{what} must be a string or an object of language: text", field=what)
+
+
+def _check_text(text: str, what: str, limit: int) -> None:
+    if len(text) > limit:
+        raise BadRequest(f"{what} is {len(text)} characters long; the limit is {limit}", field=what)
+    # Line breaks and tabs are text; other control characters (NUL...) are not.
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in text):
+        raise BadRequest(f"{what} contains control characters", field=what)
 
 
 def pick_language(text: dict[str, str], lang: str = DEFAULT_LANGUAGE) -> str:

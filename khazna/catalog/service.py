@@ -336,7 +336,8 @@ class Catalog:
     def versions(self, who: Principal, org: str, name: str) -> list[dict[str, Any]]:
         v, u = db.versions, db.users
         with self.engine.connect() as conn:
-            row = self._readable_row(conn, who, org, name)
+            # The history is metadata: whoever sees the dataset sees it.
+            row = self._visible_row(conn, who, org, name)
             history = conn.execute(
                 select(v.c.number, v.c.message, v.c.created_at, u.c.name.label("user"))
                 .outerjoin(u, u.c.id == v.c.created_by)
