@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Khazna needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -22,13 +22,13 @@ run: $(STAMP)
 	KHAZNA_HOME=$(KHAZNA_HOME) $(BIN)/khazna serve --demo --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(BIN)/ruff check khazna tests bench
+	$(BIN)/ruff check khazna tests
 	$(BIN)/mypy khazna
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check khazna tests bench
-	$(BIN)/ruff format --check khazna tests bench
+	$(BIN)/ruff check khazna tests
+	$(BIN)/ruff format --check khazna tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy khazna
