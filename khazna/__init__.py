@@ -2,4 +2,6 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from khazna.client import Client, KhaznaClientError  # noqa: E402 - after the version it reports
+
+__all__ = ["Client", "KhaznaClientError", "__version__"]

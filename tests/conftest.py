@@ -24,9 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 _SHARED = REPO.parent / "shared" / "data"
 # The fixtures shipped with the repository are byte-exact copies of ../shared/data.
 DATA = _SHARED if _SHARED.is_dir() else REPO / "khazna" / "demo" / "data"
-DATA_FILES = sorted(
-    p for p in DATA.rglob("*") if p.is_file() and p.name != "SOURCES.md" and "ckan" not in p.parts
-) + sorted((DATA / "ckan").rglob("*.json") if (DATA / "ckan").is_dir() else [])
+# Every real fixture file, SOURCES.md included: all of them must round-trip byte-exact.
+DATA_FILES = sorted(p for p in DATA.rglob("*") if p.is_file())
 
 
 @pytest.fixture

@@ -26,6 +26,8 @@ EXPECTED_MEDIA_TYPES = {
     ".zip": "application/zip",
     ".stac.json": "application/geo+json",
     ".json": "application/json",
+    ".ttl": "text/turtle",
+    ".md": "text/markdown",
 }
 
 B04 = DATA / "raster" / "S2A_29RKH_20200219_L2A_B04_red_100m_cog.tif"

@@ -27,6 +27,7 @@ _KNOWN: dict[str, tuple[str, str]] = {
     ".pdf": ("application/pdf", "PDF"),
     ".xml": ("application/xml", "XML"),
     ".ttl": ("text/turtle", "Turtle"),
+    ".md": ("text/markdown", "Markdown"),
 }
 # Compound suffixes that say more than the last extension.
 _COMPOUND: dict[str, tuple[str, str]] = {
