@@ -22,13 +22,13 @@ run: $(STAMP)
 	KHAZNA_HOME=$(KHAZNA_HOME) $(BIN)/khazna serve --demo --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(BIN)/ruff check khazna tests
+	$(BIN)/ruff check khazna tests bench
 	$(BIN)/mypy khazna
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check khazna tests
-	$(BIN)/ruff format --check khazna tests
+	$(BIN)/ruff check khazna tests bench
+	$(BIN)/ruff format --check khazna tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy khazna

@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from khazna.client import Client, KhaznaClientError  # noqa: E402 - after the version it reports
+from khazna.client import Client, KhaznaClientError
 
 __all__ = ["Client", "KhaznaClientError", "__version__"]

@@ -98,17 +98,22 @@ def khazna_cmd(*args: str) -> list[str]:
 
 
 def start_server(
-    home: Path, extra_env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+    home: Path,
+    extra_env: dict[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
+    token: str | None = None,
 ) -> LiveServer:
+    """Run `khazna serve` on ``home``; creates an admin "operator" unless given its token."""
     env = {**os.environ, "KHAZNA_HOME": str(home), **(extra_env or {})}
-    out = subprocess.run(
-        khazna_cmd("users", "add", "operator", "--admin"),
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    token = out.stdout.strip().splitlines()[-1]
+    if token is None:
+        out = subprocess.run(
+            khazna_cmd("users", "add", "operator", "--admin"),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token = out.stdout.strip().splitlines()[-1]
     port = free_port()
     log = open(home / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(

@@ -282,3 +282,66 @@ def test_a_client_that_stalls_mid_upload_is_dropped_and_leaves_nothing(live_fact
     assert '"code":"request_timeout"' in answer
     assert "nothing arrived for 1 s" in answer
     assert leftovers(server.home) == {"tmp": [], "blobs": []}
+
+
+def test_concurrent_uploads_to_one_dataset_lose_nothing(live: LiveServer) -> None:
+    """Eight publishers upload at once: eight versions, the last one holds all eight files."""
+    make_dataset(live)
+    contents = {f"part-{i}.csv": f"id,value\n{i},{i * i}\n".encode() * 1000 for i in range(8)}
+    answers: dict[str, int] = {}
+
+    def upload(name: str) -> None:
+        with live.client() as c:
+            r = c.put(
+                f"/api/v1/datasets/haut-commissariat/recensement/files/{name}",
+                content=contents[name],
+            )
+            assert r.status_code == 200, r.text
+            answers[name] = r.json()["version"]
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in contents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers.values()) == list(range(1, 9))
+    with live.client() as c:
+        info = c.get("/api/v1/datasets/haut-commissariat/recensement").json()
+        assert info["version"] == 8
+        assert {f["name"]: f["sha256"] for f in info["files"]} == {
+            n: hashlib.sha256(b).hexdigest() for n, b in contents.items()
+        }
+        # Version N holds exactly the files whose upload answered a version <= N.
+        history = c.get("/api/v1/datasets/haut-commissariat/recensement/versions").json()
+        for v in history["versions"]:
+            expected = sorted(n for n, got in answers.items() if got <= v["version"])
+            assert sorted(f["name"] for f in v["files"]) == expected
+
+
+def test_a_server_killed_mid_upload_restarts_clean(live_factory) -> None:
+    from tests.conftest import start_server
+
+    server = live_factory()
+    make_dataset(server)
+    sock = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    sock.sendall(
+        b"PUT /api/v1/datasets/haut-commissariat/recensement/files/a.bin HTTP/1.1\r\n"
+        b"Host: x\r\nAuthorization: Bearer " + server.token.encode() + b"\r\n"
+        b"Content-Length: " + str(10 * MiB).encode() + b"\r\n\r\n" + os.urandom(MiB)
+    )
+    assert wait_until(lambda: len(leftovers(server.home)["tmp"]) == 1)
+    server.proc.kill()
+    server.proc.wait()
+    sock.close()
+    assert len(leftovers(server.home)["tmp"]) == 1  # what the dead process left
+
+    (server.home / "server.log").rename(server.home / "first.log")
+    restarted = start_server(server.home, token=server.token)
+    try:
+        assert leftovers(restarted.home) == {"tmp": [], "blobs": []}
+        with restarted.client() as c:
+            info = c.get("/api/v1/datasets/haut-commissariat/recensement").json()
+            assert (info["version"], info["files"]) == (0, [])
+    finally:
+        restarted.proc.terminate()
+        restarted.proc.wait(10)

@@ -245,15 +245,24 @@ class UploadSessions:
                     received=received,
                 )
         org, name = self._dataset_name(row.dataset_id)
-        stored: dict[str, StoredBlob | None] = {}
+        # Phase 1: hash everything, so one bad file leaves the others untouched.
+        digests = {f.name: file_sha256(self._part(session_id, f.position)) for f in files}
         for f in files:
-            part = self._part(session_id, f.position)
-            blob = (
-                self.blobs.adopt_file(part)
-                if f.sha256 is None
-                else self._adopt_checked(session_id, f, part)
+            if f.sha256 is not None and digests[f.name] != f.sha256:
+                self._part(session_id, f.position).write_bytes(b"")  # to be sent again
+                raise Unprocessable(
+                    f"{f.name!r} arrived with SHA-256 {digests[f.name]}, but {f.sha256} was "
+                    "announced; its bytes were discarded, send the file again",
+                    file=f.name,
+                )
+        # Phase 2: link into the blob store. The staged parts stay until the version is
+        # committed, so a failure here leaves a session the client can commit again.
+        stored: dict[str, StoredBlob | None] = {
+            f.name: self.blobs.link_file(
+                self._part(session_id, f.position), digests[f.name], int(f.size)
             )
-            stored[f.name] = blob
+            for f in files
+        }
         version, entries = self.catalog.commit_version(who, org, name, stored, message=row.message)
         with self.engine.begin() as conn:
             conn.execute(
@@ -268,18 +277,6 @@ class UploadSessions:
             "version": version,
             "files": [e.as_dict() for e in entries],
         }
-
-    def _adopt_checked(self, session_id: str, f: Any, part: Path) -> StoredBlob:
-        # Hash before placing, so a mismatching file never becomes a blob.
-        digest = file_sha256(part)
-        if digest != f.sha256:
-            part.write_bytes(b"")  # the client must send this file again
-            raise Unprocessable(
-                f"{f.name!r} arrived with SHA-256 {digest}, but {f.sha256} was announced; "
-                "its bytes were discarded, send the file again",
-                file=f.name,
-            )
-        return self.blobs.place(part, digest, int(f.size))
 
     def _dataset_name(self, dataset_id: int) -> tuple[str, str]:
         d, o = db.datasets, db.organizations

@@ -66,7 +66,7 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     def writer(self, max_bytes: int) -> BlobWriter: ...
 
-    def adopt_file(self, path: Path) -> StoredBlob: ...
+    def link_file(self, path: Path, sha256: str, size: int) -> StoredBlob: ...
 
     def exists(self, sha256: str) -> bool: ...
 
@@ -169,9 +169,17 @@ class LocalBlobStore:
         _fsync_dir(target.parent)
         return StoredBlob(sha256, size, created=True)
 
-    def adopt_file(self, path: Path) -> StoredBlob:
-        """Hash a finished, fsynced file (same file system) and move it into place."""
-        return self.place(path, file_sha256(path), path.stat().st_size)
+    def link_file(self, path: Path, sha256: str, size: int) -> StoredBlob:
+        """Store a finished, fsynced local file whose hash is known; the file stays."""
+        target = self.path_of(sha256)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Same file system (both under the hub folder): a hard link costs no copy.
+            os.link(path, target)
+        except FileExistsError:
+            return StoredBlob(sha256, size, created=False)
+        _fsync_dir(target.parent)
+        return StoredBlob(sha256, size, created=True)
 
     def exists(self, sha256: str) -> bool:
         return self.path_of(sha256).is_file()
