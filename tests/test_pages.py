@@ -26,6 +26,13 @@ def test_the_home_page_lists_the_demo_datasets_in_each_language(demo: Api) -> No
     assert "Les données du pays, hébergées dans le pays." in demo.http.get("/").text
 
 
+def test_cards_describe_datasets_in_the_page_language(demo: Api) -> None:
+    regions = next(d for d in manifest()["datasets"] if d["name"] == "morocco-regions-rgph2024")
+    arabic = demo.http.get("/", params={"lang": "ar"}).text
+    assert str(escape(regions["description"]["ar"][:120])) in arabic
+    assert str(escape(regions["description"]["fr"][:120])) not in arabic
+
+
 def test_an_unknown_language_falls_back_to_french(demo: Api) -> None:
     page = demo.http.get("/", params={"lang": "xx"})
     assert '<html lang="fr" dir="ltr">' in page.text
