@@ -22,6 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from khazna import __version__
+from khazna.access.policy import check_role
 from khazna.catalog.names import pick_language
 from khazna.client import Client, KhaznaClientError
 from khazna.config import Settings
@@ -106,6 +107,10 @@ def users_add(
     """Create a user; prints its new API token as the last line."""
     with _errors():
         hub = _hub(home)
+        if org:
+            # Check before creating the user: a failure afterwards would lose the token.
+            hub.catalog.organization(org)
+            check_role(role)
         _, token = hub.accounts.add_user(name, admin=admin)
         if org:
             hub.catalog.add_member(hub.accounts.system_principal(), org, name, role)

@@ -248,13 +248,17 @@ class Client:
         size = path.stat().st_size
         attempts = busy = 0
         while True:
-            status = self._json("GET", f"/uploads/{session_id}")
-            received = next(f["received"] for f in status["files"] if f["name"] == path.name)
-            if progress:
-                progress(path.name, received, size)
-            if received >= size:
-                return
             try:
+                # Asking what arrived is part of the retry: the network may still be down.
+                status = self._http.get(f"/uploads/{session_id}")
+                _raise_for_error(status)
+                received = next(
+                    f["received"] for f in status.json()["files"] if f["name"] == path.name
+                )
+                if progress:
+                    progress(path.name, received, size)
+                if received >= size:
+                    return
                 with open(path, "rb") as f:
                     f.seek(received)
                     while received < size:

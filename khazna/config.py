@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1000**3  # 50 GB
 
 
-def _int_env(name: str, default: int) -> int:
+def _number_env(name: str, default: float, unit: str, *, positive: bool = False) -> float:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
-        return int(raw)
+        value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be a whole number of bytes, got {raw!r}") from exc
+        raise ValueError(f"{name} must be a number of {unit}, got {raw!r}") from exc
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'more than' if positive else 'at least'} 0 {unit}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,6 @@ class Settings:
     # A request body that sends nothing for this long is dropped, so a client that vanished
     # without closing its connection does not hold an upload forever.
     body_idle_timeout_s: float = 60.0
-    jurisdiction: str = field(default="")
 
     @property
     def blob_dir(self) -> Path:
@@ -52,8 +54,13 @@ class Settings:
         return cls(
             home=root,
             database_url=db_url,
-            max_upload_bytes=_int_env("KHAZNA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES),
-            upload_session_ttl_s=_int_env("KHAZNA_UPLOAD_SESSION_TTL_S", 7 * 24 * 3600),
-            body_idle_timeout_s=float(_int_env("KHAZNA_BODY_IDLE_TIMEOUT_S", 60)),
-            jurisdiction=os.environ.get("KHAZNA_JURISDICTION", ""),
+            max_upload_bytes=int(
+                _number_env("KHAZNA_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, "bytes")
+            ),
+            upload_session_ttl_s=int(
+                _number_env("KHAZNA_UPLOAD_SESSION_TTL_S", 7 * 24 * 3600, "seconds")
+            ),
+            body_idle_timeout_s=_number_env(
+                "KHAZNA_BODY_IDLE_TIMEOUT_S", 60.0, "seconds", positive=True
+            ),
         )

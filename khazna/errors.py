@@ -51,11 +51,6 @@ class Conflict(KhaznaError):
     code = "conflict"
 
 
-class PreconditionFailed(KhaznaError):
-    status = 412
-    code = "precondition_failed"
-
-
 class TooLarge(KhaznaError):
     status = 413
     code = "too_large"

@@ -26,6 +26,11 @@ class VerifyReport:
 class Hub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if not settings.database_url.startswith("sqlite"):
+            raise ValueError(
+                "this version of Khazna keeps its catalog in SQLite only; "
+                f"KHAZNA_DATABASE_URL={settings.database_url!r} is not supported yet"
+            )
         settings.home.mkdir(parents=True, exist_ok=True)
         self.engine = db.make_engine(settings.database_url)
         db.create_schema(self.engine)
@@ -42,12 +47,8 @@ class Hub:
             settings.max_upload_bytes,
             settings.upload_session_ttl_s,
         )
-        self._clear_stale_temporaries()
-
-    def _clear_stale_temporaries(self) -> None:
         # A process killed mid-upload leaves its temporary file; nothing refers to it.
-        for part in self.settings.tmp_dir.glob("upload-*.part"):
-            part.unlink(missing_ok=True)
+        self.blobs.clear_stale_temporaries()
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob the catalog refers to; report missing or damaged ones."""

@@ -369,7 +369,7 @@ def test_editor_changes_title_tags_and_access(api: Api) -> None:
     r = api.http.patch(
         f"{API}/datasets/{ORG}/vaccination", json={"title": ""}, headers=api.auth(api.editor)
     )
-    error(r, 400, "invalid_name")
+    assert error(r, 400, "bad_request")["message"] == "title is required"
     r = api.http.patch(
         f"{API}/datasets/{ORG}/vaccination", json={"tags": []}, headers=api.auth(api.outsider)
     )
@@ -918,7 +918,8 @@ def test_missing_or_mistyped_fields_are_bad_requests(api: Api, path: str, body: 
 def test_malformed_multilingual_text_is_refused(api: Api, body: object) -> None:
     r = api.http.post(f"{API}/datasets", json=body, headers=api.auth(api.editor))
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["code"] in ("bad_request", "invalid_name")
+    # Not a name: titles and language codes are plain bad requests.
+    assert r.json()["error"]["code"] == "bad_request"
 
 
 @pytest.mark.parametrize(
@@ -1023,3 +1024,26 @@ def test_a_malformed_announced_digest_is_a_bad_request(api: Api) -> None:
     )
     assert current_version(api, "empreinte") == 0
     assert list(api.hub.settings.tmp_dir.iterdir()) == []
+
+
+def test_a_version_message_may_be_written_in_any_language(api: Api) -> None:
+    new_dataset(api, "messages")
+    raw = {**api.auth(api.editor), "X-Khazna-Message": "mise à jour".encode()}
+    assert (
+        api.http.put(files_url("messages", "a.csv"), content=b"1\n", headers=raw).status_code == 200
+    )
+    encoded = {**api.auth(api.editor), "X-Khazna-Message": "%D8%AA%D8%AD%D8%AF%D9%8A%D8%AB"}
+    assert (
+        api.http.put(files_url("messages", "a.csv"), content=b"2\n", headers=encoded).status_code
+        == 200
+    )
+    history = api.http.get(f"{API}/datasets/{ORG}/messages/versions").json()["versions"]
+    assert [v["message"] for v in history] == ["تحديث", "mise à jour"]
+
+
+def test_a_wrong_token_is_refused_even_where_anonymous_callers_are_welcome(api: Api) -> None:
+    wrong = {"Authorization": "Bearer kz_wrong"}
+    for path in ("/organizations", "/search?q=x", "/health", f"/datasets/{ORG}/absent"):
+        r = api.http.get(API + path, headers=wrong)
+        assert error(r, 401, "unauthorized")["message"] == "invalid or revoked API token"
+    assert api.http.get(API + "/organizations").status_code == 200

@@ -176,3 +176,37 @@ def test_serve_demo_shows_the_demo_datasets_on_the_home_page(tmp_path: Path) -> 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_user_for_an_unknown_organization_is_not_created(tmp_path: Path) -> None:
+    env = {**os.environ, "KHAZNA_HOME": str(tmp_path / "hub")}
+    refused = run("users", "add", "youssef", "--org", "nulle-part", env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "error: no organization named 'nulle-part'"
+    bad_role = run("users", "add", "youssef", "--org", "nulle-part", "--role", "chef", env=env)
+    assert bad_role.returncode == 1
+    # Nothing was created, so the name is still free and a token comes out.
+    created = run("users", "add", "youssef", env=env)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().startswith("kz_")
+
+
+def test_bad_configuration_is_reported_in_one_line(tmp_path: Path) -> None:
+    base = {**os.environ, "KHAZNA_HOME": str(tmp_path / "hub")}
+    cases = {
+        "KHAZNA_BODY_IDLE_TIMEOUT_S=0": (
+            "error: KHAZNA_BODY_IDLE_TIMEOUT_S must be more than 0 seconds"
+        ),
+        "KHAZNA_MAX_UPLOAD_BYTES=lots": (
+            "error: KHAZNA_MAX_UPLOAD_BYTES must be a number of bytes, got 'lots'"
+        ),
+        "KHAZNA_DATABASE_URL=postgresql://127.0.0.1/test": (
+            "error: this version of Khazna keeps its catalog in SQLite only; "
+            "KHAZNA_DATABASE_URL='postgresql://127.0.0.1/test' is not supported yet"
+        ),
+    }
+    for setting, message in cases.items():
+        name, value = setting.split("=", 1)
+        done = run("verify", env={**base, name: value})
+        assert done.returncode == 1, setting
+        assert done.stderr.strip() == message

@@ -193,8 +193,12 @@ def test_arabic_is_searched_as_written(demo: Api) -> None:
     assert found["count"] == 2
     assert set(names(found)) == demo_containing("السكان")
     assert found["facets"] == CENSUS_FACETS
+    # Each snippet is the Arabic description's passage, as written, every mention marked.
+    mentions = {"morocco-regions-rgph2024": 2, "morocco-provinces-rgph2024": 1}
     for result in found["results"]:
-        assert "<mark>السكان</mark> والأسر" in result["snippet"]
+        assert result["snippet"].count("<mark>السكان</mark>") == mentions[result["name"]]
+        plain = result["snippet"].replace("<mark>", "").replace("</mark>", "").strip("…")
+        assert plain in result["description"]["ar"]
 
 
 @pytest.mark.parametrize("typed", ["السُّكَّان", "الســكان"], ids=["with-harakat", "with-tatweel"])
@@ -235,19 +239,26 @@ def test_a_result_carries_the_dataset_metadata(demo: Api) -> None:
         "tags": sorted(spec["tags"]),
         "access": "public",
     }
-    # The title matched: its languages, one a line, the match marked in each.
-    assert result["snippet"] == (
-        "<mark>Caltrain</mark> (Californie), GTFS du 24 juillet 2017\n"
-        "قطار الضواحي <mark>Caltrain</mark> (كاليفورنيا) بصيغة GTFS بتاريخ 24 يوليو…"
-    )
+    # The snippet shows the description passage that matched (the title is shown anyway),
+    # cut from the text as written, the match marked.
+    assert result["snippet"].startswith("Flux GTFS réel de <mark>Caltrain</mark>, le train")
+    assert result["snippet"].endswith("…")
 
 
 @pytest.mark.parametrize(
     ("typed", "dataset", "marked"),
     [
-        ("B04", "sentinel2-29rkh-2020-02-19", "S2A_29RKH_20200219_L2A_<mark>B04</mark>_red"),
-        ("cairns_gtfs", "gtfs-cairns-2014", "<mark>cairns_gtfs</mark>.zip"),
-        ("ct_1.dcm", "ct-phantom-ge-discovery-mi", "<mark>ct_1</mark>.<mark>dcm</mark>"),
+        ("B04", "sentinel2-29rkh-2020-02-19", ": <mark>B04</mark> (rouge)"),
+        (
+            "cairns_gtfs.zip",
+            "gtfs-cairns-2014",
+            "<mark>cairns</mark>_<mark>gtfs</mark>.<mark>zip</mark>",
+        ),
+        (
+            "ct_1.dcm",
+            "ct-phantom-ge-discovery-mi",
+            "<mark>ct</mark>_<mark>1</mark>.<mark>dcm</mark>",
+        ),
     ],
 )
 def test_file_names_are_searchable(demo: Api, typed: str, dataset: str, marked: str) -> None:
@@ -601,7 +612,7 @@ def test_uploaded_files_become_searchable_with_their_format(api: Api) -> None:
 
     found = search(api, q="prelevements_2024")
     assert names(found) == ["qualite-eau"]
-    assert found["results"][0]["snippet"] == "<mark>prelevements_2024</mark>.csv"
+    assert found["results"][0]["snippet"] == "<mark>prelevements</mark>_<mark>2024</mark>.csv"
     assert found["facets"]["format"] == {"CSV": 1}
     assert names(search(api, format="csv")) == ["qualite-eau"]
 
@@ -652,3 +663,38 @@ def test_search_syntax_is_read_as_plain_words(demo: Api, typed: str, as_words: s
 @pytest.mark.parametrize("typed", ["a\x00b", "\x00", "x" * 5000, "é" * 300, "donnees " * 200])
 def test_odd_input_never_breaks_search(demo: Api, typed: str) -> None:
     search(demo, q=typed)
+
+
+@pytest.mark.parametrize(
+    ("typed", "written"),
+    [
+        ("احصاء", "إحصاء"),  # alef with hamza below
+        ("اقاليم", "أقاليم"),  # alef with hamza above
+        ("الصحه", "الصحة"),  # teh marbuta typed as heh
+        ("مستشفى", "مستشفي"),  # alef maqsura and yeh
+        ("ﻻ", "لا"),  # a presentation-form ligature
+    ],
+)
+def test_arabic_spelling_variants_find_each_other(api: Api, typed: str, written: str) -> None:
+    r = api.http.post(
+        "/api/v1/datasets",
+        json={"org": ORG, "name": "variantes", "title": {"ar": f"بيانات {written} الجهوية"}},
+        headers=api.auth(api.editor),
+    )
+    assert r.status_code == 201
+    found = search(api, q=typed)
+    assert names(found) == ["variantes"]
+
+
+def test_snippets_keep_the_text_as_it_was_written(api: Api) -> None:
+    description = {"ar": "سجلّ الصِّحَّة العامة في جهة الدار البيضاء-سطات"}
+    r = api.http.post(
+        "/api/v1/datasets",
+        json={"org": ORG, "name": "sante-publique", "description": description},
+        headers=api.auth(api.editor),
+    )
+    assert r.status_code == 201
+    found = search(api, q="الصحه")
+    assert found["results"][0]["snippet"] == (
+        "سجلّ <mark>الصِّحَّة</mark> العامة في جهة الدار البيضاء-سطات"
+    )

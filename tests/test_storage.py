@@ -84,3 +84,17 @@ def test_rehash_reveals_a_damaged_blob(store: LocalBlobStore) -> None:
 def test_only_hex_digests_name_blobs(store: LocalBlobStore) -> None:
     with pytest.raises(ValueError):
         store.path_of("../../etc/passwd")
+
+
+def test_cleanup_removes_what_a_dead_writer_left_but_not_a_live_upload(
+    store: LocalBlobStore,
+) -> None:
+    abandoned = store.tmp_dir / "upload-dead.part"
+    abandoned.write_bytes(b"half of something")
+    live = store.writer(100)
+    live.write(b"still arriving")
+    assert store.clear_stale_temporaries() == 1
+    assert not abandoned.exists()
+    assert len(list(store.tmp_dir.iterdir())) == 1
+    blob = live.commit()
+    assert store.rehash(blob.sha256) == hashlib.sha256(b"still arriving").hexdigest()

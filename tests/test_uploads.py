@@ -121,6 +121,10 @@ def test_a_session_must_list_files_once_with_sizes(api: Api) -> None:
             {"files": [{"name": "a", "size": 1, "sha256": "abc"}]},
             "sha256 of 'a' must be 64 hex digits",
         ),
+        (
+            {"files": [{"name": "a", "size": 1, "sha256": "z" * 64}]},
+            "sha256 of 'a' must be 64 hex digits",
+        ),
     ]
     for body, message in cases:
         r = api.http.post(url, json=body, headers=auth)

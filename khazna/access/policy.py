@@ -27,6 +27,12 @@ def check_level(level: object) -> str:
     return str(level)
 
 
+def check_role(role: object) -> str:
+    if role not in ORG_ROLES:
+        raise BadRequest(f"role must be one of {', '.join(ORG_ROLES)}; got {role!r}", field="role")
+    return str(role)
+
+
 class AccessPolicy:
     """Decides who may see a dataset's metadata, read its data, and write to an organization."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 from fastapi import Request
 
@@ -24,3 +26,13 @@ async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[
             ) from exc
         if chunk:
             yield chunk
+
+
+def header_text(raw: str) -> str:
+    """A free-text header: UTF-8 sent raw (as curl does) or percent-encoded.
+
+    HTTP hands header bytes over as Latin-1; re-read them as the UTF-8 they almost always are.
+    """
+    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+        raw = raw.encode("latin-1").decode("utf-8")
+    return unquote(raw)

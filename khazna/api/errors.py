@@ -23,9 +23,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
-    415: "unsupported_media_type",
     422: "unprocessable",
-    429: "too_many_requests",
 }
 
 

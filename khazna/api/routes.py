@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from khazna import __version__
 from khazna.access.accounts import Principal
-from khazna.api.bodies import body_chunks
+from khazna.api.bodies import body_chunks, header_text
 from khazna.api.deps import get_hub, get_principal
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
@@ -19,7 +19,9 @@ from khazna.errors import BadRequest
 from khazna.hub import Hub
 from khazna.storage.blobstore import too_large
 
-router = APIRouter(prefix="/api/v1")
+# Every route checks a token that is sent, even where anonymous callers are welcome: a
+# client with a wrong token learns it on its first call.
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 HubDep = Annotated[Hub, Depends(get_hub)]
@@ -191,7 +193,7 @@ async def upload_file(
         org,
         name,
         {file: blob},
-        message=request.headers.get("x-khazna-message", ""),
+        message=header_text(request.headers.get("x-khazna-message", "")),
     )
     return {"name": file, "sha256": blob.sha256, "size": blob.size, "version": version}
 

@@ -50,7 +50,7 @@ def normalize_text(value: object, what: str, *, required: bool = False) -> dict[
     """A text given as a string (French) or as ``{language: text}``."""
     if value is None or value == "" or value == {}:
         if required:
-            raise InvalidName(f"{what} is required", field=what)
+            raise BadRequest(f"{what} is required", field=what)
         return {}
     if isinstance(value, str):
         _check_text(value, what, TEXT_LIMITS.get(what, 20_000))
@@ -59,19 +59,19 @@ def normalize_text(value: object, what: str, *, required: bool = False) -> dict[
         out: dict[str, str] = {}
         for lang, text in value.items():
             if not isinstance(lang, str) or not _LANG.fullmatch(lang):
-                raise InvalidName(
+                raise BadRequest(
                     f"{what}: language code {lang!r} must be 2 or 3 lowercase letters (fr, ar, en)",
                     field=what,
                 )
             if not isinstance(text, str):
-                raise InvalidName(f"{what}[{lang}] must be a string", field=what)
+                raise BadRequest(f"{what}[{lang}] must be a string", field=what)
             _check_text(text, f"{what}[{lang}]", TEXT_LIMITS.get(what, 20_000))
             if text.strip():
                 out[lang] = text.strip()
         if required and not out:
-            raise InvalidName(f"{what} is required", field=what)
+            raise BadRequest(f"{what} is required", field=what)
         return out
-    raise InvalidName(f"{what} must be a string or an object of language: text", field=what)
+    raise BadRequest(f"{what} must be a string or an object of language: text", field=what)
 
 
 def _check_text(text: str, what: str, limit: int) -> None:

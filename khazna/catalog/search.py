@@ -6,8 +6,6 @@ The embedded default uses SQLite FTS5 with the ``unicode61`` tokenizer and
 
 from __future__ import annotations
 
-import html
-import re
 from typing import Any
 
 from sqlalchemy import (
@@ -32,15 +30,11 @@ from khazna import db
 from khazna.access.accounts import Principal
 from khazna.access.policy import AccessPolicy
 from khazna.catalog.formats import format_label
+from khazna.catalog.text import fold, lead, snippet, terms
 from khazna.errors import BadRequest
 
 FTS_TABLE = "dataset_search"
 MAX_LIMIT = 1000
-_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
-# Letters and digits plus combining marks \w alone would split on: Latin accents typed
-# decomposed (NFD "donne\u0301es", folded by the tokenizer) and Arabic harakat.
-_TERM = re.compile(r"[\w\u0300-\u036f\u0610-\u061a\u064b-\u065f\u0670]+", re.UNICODE)
-
 _fts = Table(
     FTS_TABLE,
     MetaData(),
@@ -55,34 +49,15 @@ _fts = Table(
 _WEIGHTS = (10.0, 3.0, 6.0, 2.0, 1.0)
 
 
-# Arabic short vowels and other marks (harakat), and the tatweel stretching character:
-# optional in writing, so "السُّكَّان" and "السكان" are the same word.
-_ARABIC_MARKS = re.compile(
-    r"[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06dc\u06df-\u06e8\u06ea-\u06ed\u0640]"
-)
-
-
-def fold(text: str) -> str:
-    """What the index stores and the query is matched against (accents are folded by FTS5)."""
-    return _ARABIC_MARKS.sub("", text)
-
-
 def fts_query(q: str) -> str:
     """User text -> FTS5 query: every word must match, as a prefix, quoted (no syntax)."""
-    return " ".join(f'"{t}"*' for t in _TERM.findall(fold(q)))
-
-
-def render_snippet(raw: str) -> str:
-    """HTML-escape a snippet and turn the match markers into <mark> elements."""
-    return html.escape(raw).replace(_MARK_OPEN, "<mark>").replace(_MARK_CLOSE, "</mark>")
+    return " ".join(f'"{t}"*' for t in terms(q))
 
 
 class SearchIndex:
     def __init__(self, engine: Engine, policy: AccessPolicy) -> None:
         self.engine = engine
         self.policy = policy
-        if engine.dialect.name != "sqlite":
-            raise NotImplementedError("full-text search is implemented for SQLite (FTS5) only")
         with engine.begin() as conn:
             conn.execute(
                 text(
@@ -125,8 +100,8 @@ class SearchIndex:
                 rowid=dataset_id,
                 title=fold("\n".join(row.title.values())),
                 description=fold("\n".join(row.description.values())),
-                tags=" ".join(tags),
-                files=" ".join(files),
+                tags=fold(" ".join(tags)),
+                files=fold(" ".join(files)),
                 org=fold(" ".join([row.org_name, *row.org_title.values()])),
             )
         )
@@ -181,9 +156,8 @@ class SearchIndex:
         order: list[Any]
         if query:
             rank = func.bm25(fts_ref, *_WEIGHTS).label("rank")
-            snippet = func.snippet(fts_ref, -1, _MARK_OPEN, _MARK_CLOSE, "…", 16).label("snippet")
             matched = (
-                select(d.c.id, rank, snippet)
+                select(d.c.id, rank)
                 .select_from(d.join(_fts, _fts.c.rowid == d.c.id))
                 .where(text(f"{FTS_TABLE} MATCH :q").bindparams(q=query), *conditions)
             )
@@ -200,7 +174,7 @@ class SearchIndex:
             count = conn.execute(select(func.count()).select_from(matched.subquery())).scalar_one()
             page = conn.execute(matched.order_by(*order).limit(limit).offset(offset)).all()
             facets = self._facets(conn, ids)
-            results = self._describe(conn, list(page))
+            results = self._describe(conn, list(page), terms(q))
         return {"count": int(count), "results": results, "facets": facets}
 
     def _facets(self, conn: Connection, ids: Any) -> dict[str, dict[str, int]]:
@@ -227,7 +201,9 @@ class SearchIndex:
             out[name] = {str(v): int(n) for v, n in sorted(rows, key=lambda r: (-r[1], r[0]))}
         return out
 
-    def _describe(self, conn: Connection, page: list[Any]) -> list[dict[str, Any]]:
+    def _describe(
+        self, conn: Connection, page: list[Any], query_terms: list[str]
+    ) -> list[dict[str, Any]]:
         if not page:
             return []
         d, o = db.datasets, db.organizations
@@ -247,15 +223,33 @@ class SearchIndex:
             .order_by(db.dataset_tags.c.tag)
         ):
             tags[int(dataset_id)].append(str(tag))
+        files: dict[int, list[str]] = {i: [] for i in ids}
+        if query_terms:
+            v, vf = db.versions, db.version_files
+            for dataset_id, file_name in conn.execute(
+                select(v.c.dataset_id, vf.c.name)
+                .join(vf, vf.c.version_id == v.c.id)
+                .join(d, (d.c.id == v.c.dataset_id) & (d.c.current_version == v.c.number))
+                .where(v.c.dataset_id.in_(ids))
+                .order_by(vf.c.name)
+            ):
+                files[int(dataset_id)].append(str(file_name))
         results = []
         for hit in page:
             row = rows[int(hit.id)]
-            raw = getattr(hit, "snippet", None)
-            if raw is None:
-                first = next(iter(row.description.values()), "")
-                snippet = html.escape(first[:200] + ("…" if len(first) > 200 else ""))
-            else:
-                snippet = render_snippet(raw)
+            first_description = next(iter(row.description.values()), "")
+            passage = None
+            if query_terms:
+                # What the result does not show already comes first; the title is shown.
+                texts = [
+                    *row.description.values(),
+                    *files[int(hit.id)],
+                    " ".join(tags[int(hit.id)]),
+                    *row.title.values(),
+                ]
+                passage = snippet(texts, query_terms)
+            if passage is None:
+                passage = lead(first_description)
             results.append(
                 {
                     "org": row.org_name,
@@ -267,7 +261,7 @@ class SearchIndex:
                     "access": row.access,
                     "version": row.current_version,
                     "updated_at": db.iso(row.updated_at),
-                    "snippet": snippet,
+                    "snippet": passage,
                 }
             )
         return results

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from khazna import db
 from khazna.access.accounts import Principal
-from khazna.access.policy import ORG_ROLES, AccessPolicy, check_level
+from khazna.access.policy import AccessPolicy, check_level, check_role
 from khazna.catalog.formats import media_type
 from khazna.catalog.names import check_file_name, check_slug, normalize_text
 from khazna.catalog.search import SearchIndex
@@ -116,8 +116,7 @@ class Catalog:
         return [_org_view(r) for r in rows]
 
     def add_member(self, who: Principal, org: str, user: str, role: str) -> None:
-        if role not in ORG_ROLES:
-            raise BadRequest(f"role must be one of {', '.join(ORG_ROLES)}", field="role")
+        check_role(role)
         with self._begin() as conn:
             org_row = self._org_row(conn, org)
             if not self.policy.can_manage(who, int(org_row.id)):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -34,11 +35,11 @@ from khazna.storage.blobstore import (
     LocalBlobStore,
     StoredBlob,
     file_sha256,
-    human_bytes,
     too_large,
 )
 
 MAX_FILES_PER_SESSION = 10_000
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 SUGGESTED_CHUNK = 16 * 1024 * 1024
 
 
@@ -125,7 +126,7 @@ class UploadSessions:
             if size > self.max_bytes:
                 raise too_large(self.max_bytes)
             sha = f.get("sha256")
-            if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+            if sha is not None and (not isinstance(sha, str) or not _SHA256.fullmatch(sha)):
                 raise BadRequest(f"sha256 of {file_name!r} must be 64 hex digits")
             out.append({"name": file_name, "size": size, "sha256": sha.lower() if sha else None})
         return out
@@ -210,7 +211,7 @@ class UploadSessions:
                     if len(chunk) > room:
                         raise BadRequest(
                             f"chunk runs past the declared size of {file_name!r} "
-                            f"({human_bytes(int(entry.size))}, {entry.size} bytes)"
+                            f"({entry.size} bytes)"
                         )
                     out.write(chunk)
                     room -= len(chunk)
@@ -244,6 +245,14 @@ class UploadSessions:
                     file=f.name,
                     received=received,
                 )
+        try:
+            return self._commit(who, session_id, row, files)
+        except OSError as exc:
+            raise StorageFailure(f"could not store the upload: {exc}") from exc
+
+    def _commit(
+        self, who: Principal, session_id: str, row: Any, files: list[Any]
+    ) -> dict[str, Any]:
         org, name = self._dataset_name(row.dataset_id)
         # Phase 1: hash everything, so one bad file leaves the others untouched.
         digests = {f.name: file_sha256(self._part(session_id, f.position)) for f in files}

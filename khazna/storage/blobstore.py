@@ -8,6 +8,7 @@ partial blob and identical content is stored once.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import uuid
@@ -100,6 +101,8 @@ class LocalFileWriter:
             self._file = open(self._path, "xb")  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
             raise StorageFailure(f"cannot open a temporary file for the upload: {exc}") from exc
+        # Held while writing, so clear_stale_temporaries (in any process) leaves it alone.
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._done = False
 
     def write(self, chunk: bytes) -> None:
@@ -168,6 +171,19 @@ class LocalBlobStore:
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
         return StoredBlob(sha256, size, created=True)
+
+    def clear_stale_temporaries(self) -> int:
+        """Remove temporary files no writer holds (left by a killed process); returns how many."""
+        removed = 0
+        for part in self.tmp_dir.glob("upload-*.part"):
+            try:
+                with open(part, "rb") as f:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    part.unlink()
+                    removed += 1
+            except (BlockingIOError, FileNotFoundError):
+                continue  # being written, or already gone
+        return removed
 
     def link_file(self, path: Path, sha256: str, size: int) -> StoredBlob:
         """Store a finished, fsynced local file whose hash is known; the file stays."""
