@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
+from khazna.checksums import file_sha256
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 CHUNK = 16 * 1024 * 1024
 READ = 1024 * 1024
@@ -50,14 +52,6 @@ def split_ref(ref: str) -> tuple[str, str]:
     if not sep or not org or not name or "/" in name:
         raise ValueError(f"expected ORG/DATASET, got {ref!r}")
     return org, name
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(READ):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _cache_dir() -> Path:

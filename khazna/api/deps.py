@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from khazna.access.accounts import ANONYMOUS, Principal
 from khazna.errors import Unauthorized
@@ -27,3 +29,7 @@ def get_principal(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("the Authorization header must be 'Bearer TOKEN'")
     return get_hub(request).accounts.authenticate(token.strip())
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+Who = Annotated[Principal, Depends(get_principal)]

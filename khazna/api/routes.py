@@ -10,13 +10,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from khazna import __version__
-from khazna.access.accounts import Principal
 from khazna.api.bodies import body_chunks, header_text
-from khazna.api.deps import get_hub, get_principal
+from khazna.api.deps import HubDep, Who, get_principal
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
-from khazna.hub import Hub
 from khazna.storage.blobstore import too_large
 
 # Every route checks a token that is sent, even where anonymous callers are welcome: a
@@ -24,8 +22,6 @@ from khazna.storage.blobstore import too_large
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
-HubDep = Annotated[Hub, Depends(get_hub)]
-Who = Annotated[Principal, Depends(get_principal)]
 Text = str | dict[str, str] | None
 
 

@@ -23,6 +23,7 @@ from khazna import db
 from khazna.access.accounts import Principal
 from khazna.catalog.names import check_file_name
 from khazna.catalog.service import Catalog
+from khazna.checksums import file_sha256
 from khazna.errors import (
     BadRequest,
     Conflict,
@@ -34,7 +35,6 @@ from khazna.errors import (
 from khazna.storage.blobstore import (
     LocalBlobStore,
     StoredBlob,
-    file_sha256,
     too_large,
 )
 

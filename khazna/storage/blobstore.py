@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from khazna.checksums import READ_CHUNK, file_sha256
 from khazna.errors import StorageFailure, TooLarge, Unprocessable
-
-READ_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,6 @@ def too_large(limit: int) -> TooLarge:
         f"upload exceeds the hub's maximum upload size of {human_bytes(limit)} ({limit} bytes)",
         limit=limit,
     )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class BlobWriter(Protocol):

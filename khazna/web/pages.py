@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from khazna.access.accounts import Principal
-from khazna.api.deps import get_hub, get_principal
+from khazna.api.deps import HubDep, Who
 from khazna.catalog.names import pick_language
-from khazna.hub import Hub
 from khazna.storage.blobstore import human_bytes
 
 router = APIRouter(include_in_schema=False)
@@ -66,9 +64,6 @@ LABELS: dict[str, dict[str, str]] = {
         "tagline": "The country's data, hosted in the country.",
     },
 }
-
-HubDep = Annotated[Hub, Depends(get_hub)]
-Who = Annotated[Principal, Depends(get_principal)]
 
 
 def _lang(request: Request) -> str:
