@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from khazna import __version__
-from khazna.api import errors, routes
+from khazna.api import errors, routes, tables
 from khazna.config import Settings
 from khazna.hub import Hub
 from khazna.web import pages
 
 
 def create_app(hub: Hub | None = None) -> FastAPI:
-    hub = hub or Hub(Settings.from_env())
+    the_hub = hub or Hub(Settings.from_env())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        the_hub.start_workers()
+        try:
+            yield
+        finally:
+            the_hub.stop_workers()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Khazna",
         version=__version__,
         summary="A sovereign data hub: publish, find, query and download datasets.",
         docs_url="/docs",
         openapi_url="/api/v1/openapi.json",
     )
-    app.state.hub = hub
+    app.state.hub = the_hub
     errors.install(app)
     app.include_router(routes.router)
+    app.include_router(tables.router)
     app.add_api_route("/health", routes.health, include_in_schema=False)
     app.include_router(pages.router)
     return app

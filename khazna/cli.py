@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,6 +200,40 @@ def pull(
         paths = client.pull(ref, output, version=version, progress=_progress_callback(bar))
     for p in paths:
         out.print(f"{p}", highlight=False)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="Read-only SQL; tables by their sql_name.")],
+    format: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows (table, json).")] = None,
+) -> None:
+    """Run read-only SQL on the hub."""
+    if format not in ("table", "csv", "json", "parquet"):
+        err.print("[red]error:[/red] --format must be table, csv, json or parquet")
+        raise typer.Exit(2)
+    if format == "parquet" and output is None:
+        err.print("[red]error:[/red] parquet is binary: give -o FILE")
+        raise typer.Exit(2)
+    with _errors(), _client() as client:
+        if format in ("csv", "parquet"):
+            client.query_to(sql, output if output is not None else sys.stdout.buffer, format)
+            return
+        result = client.query(sql, limit=limit)
+    if format == "json":
+        text = json.dumps(result, ensure_ascii=False, indent=2)
+        if output is not None:
+            output.write_text(text + "\n", encoding="utf-8")
+        else:
+            print(text)
+        return
+    table = Table(*(c["name"] for c in result["columns"]))
+    for row in result["rows"]:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+    more = " (truncated)" if result.get("truncated") else ""
+    err.print(f"{len(result['rows'])} row(s){more} in {result['elapsed_ms']:.0f} ms")
 
 
 @app.command()

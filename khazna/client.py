@@ -174,6 +174,53 @@ class Client:
         params = {"q": q, **{k: v for k, v in filters.items() if v is not None}}
         return self._json("GET", "/search", params=params)
 
+    # tables --------------------------------------------------------------------------
+
+    def query(self, sql: str, *, limit: int | None = None) -> dict[str, Any]:
+        """Run read-only SQL; ``{columns, rows, truncated, elapsed_ms}``."""
+        return self._json("POST", "/sql", json={"sql": sql, "limit": limit})
+
+    def query_to(self, sql: str, dest: str | Path | BinaryIO, fmt: str) -> None:
+        """Stream a query's result as ``csv``, ``parquet`` or ``arrow`` to a file."""
+        media = {
+            "csv": "text/csv",
+            "parquet": "application/vnd.apache.parquet",
+            "arrow": "application/vnd.apache.arrow.stream",
+        }[fmt]
+        try:
+            with self._http.stream(
+                "POST", "/sql", json={"sql": sql}, headers={"Accept": media}
+            ) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_error(response)
+                if isinstance(dest, (str, Path)):
+                    with open(dest, "wb") as out:
+                        for chunk in response.iter_bytes(READ):
+                            out.write(chunk)
+                else:
+                    for chunk in response.iter_bytes(READ):
+                        dest.write(chunk)
+        except httpx.TransportError as exc:
+            raise KhaznaClientError(0, "unreachable", f"query failed: {exc}") from exc
+
+    def rows(self, ref: str, file_name: str, **params: Any) -> dict[str, Any]:
+        """Rows of a table: ``limit, offset, sort, next`` and ``col`` / ``col__op`` filters."""
+        org, name = split_ref(ref)
+        return self._json("GET", f"/tables/{org}/{name}/{quote(file_name)}/rows", params=params)
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/jobs/{job_id}")
+
+    def wait_for_job(self, job_id: int, timeout: float = 600.0) -> dict[str, Any]:
+        """Poll a job until it is done or failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["state"] in ("done", "failed") or time.monotonic() > deadline:
+                return job
+            time.sleep(0.1)
+
     # upload --------------------------------------------------------------------------
 
     def put_file(

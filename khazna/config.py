@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,14 @@ def _number_env(name: str, default: float, unit: str, *, positive: bool = False)
     return value
 
 
+def _memory_env(name: str, default: str) -> str:
+    """A DuckDB memory size such as 512MB or 2GB."""
+    raw = (os.environ.get(name) or default).strip().upper().replace(" ", "")
+    if not re.fullmatch(r"\d+(\.\d+)?(KB|MB|GB|TB|KIB|MIB|GIB|TIB)", raw):
+        raise ValueError(f"{name} must be a size such as 512MB or 2GB, got {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the hub needs to know about where it lives and its limits."""
@@ -34,6 +43,14 @@ class Settings:
     # A request body that sends nothing for this long is dropped, so a client that vanished
     # without closing its connection does not hold an upload forever.
     body_idle_timeout_s: float = 60.0
+    # A job whose worker has not reported for this long is taken up by another worker.
+    job_lease_s: float = 30.0
+    # DuckDB memory for converting one uploaded table; what is over spills to disk.
+    ingest_memory_limit: str = "512MB"
+    # Limits of one SQL query.
+    sql_timeout_s: float = 30.0
+    sql_memory_limit: str = "1GB"
+    sql_row_limit: int = 10_000
 
     @property
     def blob_dir(self) -> Path:
@@ -63,4 +80,9 @@ class Settings:
             body_idle_timeout_s=_number_env(
                 "KHAZNA_BODY_IDLE_TIMEOUT_S", 60.0, "seconds", positive=True
             ),
+            job_lease_s=_number_env("KHAZNA_JOB_LEASE_S", 30.0, "seconds", positive=True),
+            ingest_memory_limit=_memory_env("KHAZNA_INGEST_MEMORY_LIMIT", "512MB"),
+            sql_timeout_s=_number_env("KHAZNA_SQL_TIMEOUT_S", 30.0, "seconds", positive=True),
+            sql_memory_limit=_memory_env("KHAZNA_SQL_MEMORY_LIMIT", "1GB"),
+            sql_row_limit=int(_number_env("KHAZNA_SQL_ROW_LIMIT", 10_000, "rows", positive=True)),
         )

@@ -139,6 +139,8 @@ version_files = Table(
     Column("sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("media_type", String(200), nullable=False),
+    # How to read the file as a table (encoding, delimiter...), as the publisher declared.
+    Column("table_options", JSON, nullable=False, default=dict),
     PrimaryKeyConstraint("version_id", "name"),
 )
 
@@ -164,6 +166,57 @@ upload_files = Table(
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=True),
     PrimaryKeyConstraint("session_id", "name"),
+)
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(50), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("state", String(20), nullable=False),  # queued, running, done, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("worker", String(64), nullable=True),
+    _ts("heartbeat_at", nullable=True),
+    Column("error", Text, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=True),
+    Column("file_name", String(255), nullable=True),
+    _ts("created_at"),
+    _ts("updated_at"),
+)
+
+# A table derived from an uploaded file: keyed by the file's content and the options it
+# was read with, so identical uploads share one ingest.
+table_assets = Table(
+    "table_assets",
+    metadata,
+    Column("source_sha256", String(64), nullable=False),
+    Column("options_key", String(64), nullable=False),
+    Column("status", String(20), nullable=False),  # ready, failed
+    Column("parquet_sha256", String(64), nullable=True),
+    Column("rows", BigInteger, nullable=True),
+    Column("columns", JSON, nullable=True),
+    Column("problems", JSON, nullable=True),
+    Column("problem_count", Integer, nullable=True),
+    Column("encoding", String(40), nullable=True),
+    Column("delimiter", String(8), nullable=True),
+    Column("profile", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    _ts("created_at"),
+    PrimaryKeyConstraint("source_sha256", "options_key"),
+)
+
+# The stable SQL name of a dataset's file, the same across versions.
+table_names = Table(
+    "table_names",
+    metadata,
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("sql_name", String(200), nullable=False, unique=True),
+    PrimaryKeyConstraint("dataset_id", "file_name"),
 )
 
 

@@ -10,7 +10,9 @@ from khazna.catalog.search import SearchIndex
 from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
+from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import LocalBlobStore
+from khazna.tables.registry import INGEST_JOB, Tables
 
 
 @dataclass
@@ -39,6 +41,19 @@ class Hub:
         self.policy = AccessPolicy()
         self.search = SearchIndex(self.engine, self.policy)
         self.catalog = Catalog(self.engine, self.policy, self.search)
+        self.derived = LocalBlobStore(settings.home / "derived", settings.tmp_dir)
+        self.jobs = JobQueue(self.engine, lease_s=settings.job_lease_s)
+        self.tables = Tables(
+            self.engine,
+            self.catalog,
+            self.policy,
+            self.blobs,
+            self.derived,
+            self.jobs,
+            settings.home / "work",
+            memory_limit=settings.ingest_memory_limit,
+        )
+        self.runner = JobRunner(self.jobs, {INGEST_JOB: self.tables.run_ingest})
         self.uploads = UploadSessions(
             self.engine,
             self.catalog,
@@ -49,6 +64,15 @@ class Hub:
         )
         # A process killed mid-upload leaves its temporary file; nothing refers to it.
         self.blobs.clear_stale_temporaries()
+
+    def start_workers(self) -> None:
+        """Run queued jobs in the background; jobs a killed process left are taken up."""
+        # SQLite means one hub process: whatever was running belonged to a dead process.
+        self.jobs.requeue_running()
+        self.runner.start()
+
+    def stop_workers(self) -> None:
+        self.runner.stop()
 
     def verify(self) -> VerifyReport:
         """Re-hash every blob the catalog refers to; report missing or damaged ones."""
@@ -67,7 +91,16 @@ class Hub:
             actual = self.blobs.rehash(sha)
             if actual != sha:
                 report.problems.append(f"blob {sha} is damaged: its content hashes to {actual}")
+        for sha in self.tables.known_parquet():
+            report.blobs_checked += 1
+            if not self.derived.exists(sha):
+                report.problems.append(f"derived table {sha} is missing")
+            elif (actual := self.derived.rehash(sha)) != sha:
+                report.problems.append(
+                    f"derived table {sha} is damaged: its content hashes to {actual}"
+                )
         return report
 
     def close(self) -> None:
+        self.stop_workers()
         self.engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -16,6 +17,7 @@ from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
 from khazna.storage.blobstore import too_large
+from khazna.tables.registry import parse_table_options
 
 # Every route checks a token that is sent, even where anonymous callers are welcome: a
 # client with a wrong token learns it on its first call.
@@ -130,7 +132,7 @@ def create_dataset(body: DatasetIn, who: Who, hub: HubDep) -> dict[str, Any]:
 
 @router.get("/datasets/{org}/{name}", tags=["datasets"])
 def get_dataset(org: str, name: str, who: Who, hub: HubDep) -> dict[str, Any]:
-    return hub.catalog.dataset(who, org, name)
+    return hub.tables.annotate(hub.catalog.dataset(who, org, name))
 
 
 @router.patch("/datasets/{org}/{name}", tags=["datasets"])
@@ -164,8 +166,13 @@ def download_file(
 async def upload_file(
     org: str, name: str, file: str, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
-    """Stream the raw body into storage; a complete upload makes a new version."""
+    """Stream the raw body into storage; a complete upload makes a new version.
+
+    A table file (CSV, TSV, XLSX, JSON, NDJSON, Parquet) is then ingested by a job, whose id
+    the answer gives; ``?encoding=&delimiter=&header=&sheet=`` say how to read it.
+    """
     check_file_name(file)
+    options = parse_table_options(request.query_params)
     await run_in_threadpool(hub.catalog.check_writable, who, org, name)
     limit = hub.settings.max_upload_bytes
     declared = request.headers.get("content-length")
@@ -183,22 +190,32 @@ async def upload_file(
         # Disconnects, size limit, disk errors: the temporary file goes, nothing is visible.
         writer.abort()
         raise
-    version, _ = await run_in_threadpool(
-        hub.catalog.commit_version,
-        who,
-        org,
-        name,
-        {file: blob},
-        message=header_text(request.headers.get("x-khazna-message", "")),
+    committed = await run_in_threadpool(
+        partial(
+            hub.catalog.commit_version,
+            who,
+            org,
+            name,
+            {file: blob},
+            message=header_text(request.headers.get("x-khazna-message", "")),
+            table_options={file: options},
+        )
     )
-    return {"name": file, "sha256": blob.sha256, "size": blob.size, "version": version}
+    job = committed.jobs.get(file)
+    return {
+        "name": file,
+        "sha256": blob.sha256,
+        "size": blob.size,
+        "version": committed.version,
+        "job": None if job is None else {"id": job, "state": "queued"},
+    }
 
 
 @router.delete("/datasets/{org}/{name}/files/{file}", tags=["files"])
 def delete_file(org: str, name: str, file: str, who: Who, hub: HubDep) -> dict[str, Any]:
     """Make a new version without the file; older versions keep it."""
-    version, _ = hub.catalog.commit_version(who, org, name, {file: None}, message=f"removed {file}")
-    return {"version": version}
+    committed = hub.catalog.commit_version(who, org, name, {file: None}, message=f"removed {file}")
+    return {"version": committed.version}
 
 
 # resumable uploads -------------------------------------------------------------------

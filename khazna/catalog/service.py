@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
@@ -29,6 +29,8 @@ class FileEntry:
     size: int
     sha256: str
     media_type: str
+    # How to read it as a table, as declared at upload (encoding, delimiter...).
+    table_options: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,21 @@ class FileEntry:
             "sha256": self.sha256,
             "media_type": self.media_type,
         }
+
+
+@dataclass(frozen=True)
+class CommittedVersion:
+    """What a commit made: the version, its files, and the jobs queued for them."""
+
+    dataset_id: int
+    version: int
+    files: list[FileEntry]
+    jobs: dict[str, int]  # file name -> job id
+
+
+# Called inside the commit's transaction with the dataset id and the new version's files;
+# returns the jobs it queued by file name. The tables room uses it to queue ingests.
+VersionHook = Callable[[Connection, int, list[FileEntry]], dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class Catalog:
         # SQLite allows one writer; serializing writers in-process avoids lock upgrade
         # deadlocks between threads. PostgreSQL relies on the unique constraints alone.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self.version_hooks: list[VersionHook] = []
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -290,7 +308,7 @@ class Catalog:
                 .scalars()
                 .all()
             )
-            files = self._files(conn, row.id, row.current_version)
+            files = self.files_of(conn, row.id, row.current_version)
         return {
             "org": row.org_name,
             "name": row.name,
@@ -320,15 +338,35 @@ class Catalog:
             )
         return [self.dataset(who, org, n) for n in names]
 
-    def _files(self, conn: Connection, dataset_id: int, number: int) -> list[FileEntry]:
+    def visible_ref(self, who: Principal, dataset_id: int) -> dict[str, str] | None:
+        """``{org, name}`` of a dataset the caller may see, else None."""
+        d, o = db.datasets, db.organizations
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(d, o.c.name.label("org_name"))
+                .join(o, o.c.id == d.c.org_id)
+                .where(d.c.id == dataset_id)
+            ).first()
+        if row is None or not self.policy.can_see(who, row):
+            return None
+        return {"org": str(row.org_name), "name": str(row.name)}
+
+    def dataset_id(self, conn: Connection, org: str, name: str) -> int:
+        return int(self._dataset_row(conn, org, name).id)
+
+    def files_of(self, conn: Connection, dataset_id: int, number: int) -> list[FileEntry]:
+        """The files of one version, with their table options (no access check)."""
         vf, v = db.version_files, db.versions
         rows = conn.execute(
-            select(vf.c.name, vf.c.size, vf.c.sha256, vf.c.media_type)
+            select(vf.c.name, vf.c.size, vf.c.sha256, vf.c.media_type, vf.c.table_options)
             .join(v, v.c.id == vf.c.version_id)
             .where(v.c.dataset_id == dataset_id, v.c.number == number)
             .order_by(vf.c.name)
         ).all()
-        return [FileEntry(r.name, int(r.size), r.sha256, r.media_type) for r in rows]
+        return [
+            FileEntry(r.name, int(r.size), r.sha256, r.media_type, dict(r.table_options or {}))
+            for r in rows
+        ]
 
     # versions ------------------------------------------------------------------------
 
@@ -349,7 +387,7 @@ class Catalog:
                     "created_at": db.iso(h.created_at),
                     "created_by": h.user,
                     "message": h.message,
-                    "files": [f.as_dict() for f in self._files(conn, row.id, h.number)],
+                    "files": [f.as_dict() for f in self.files_of(conn, row.id, h.number)],
                 }
                 for h in history
             ]
@@ -365,7 +403,7 @@ class Catalog:
                     f"dataset {org}/{name} has no version {version} "
                     f"(latest is {row.current_version})"
                 )
-            for entry in self._files(conn, row.id, number):
+            for entry in self.files_of(conn, row.id, number):
                 if entry.name == file:
                     return ResolvedFile(org, name, row.access, number, entry)
         raise NotFound(f"no file {file!r} in version {number} of {org}/{name}")
@@ -378,17 +416,19 @@ class Catalog:
         changes: Mapping[str, StoredBlob | None],
         *,
         message: str = "",
-    ) -> tuple[int, list[FileEntry]]:
+        table_options: Mapping[str, dict[str, Any]] | None = None,
+    ) -> CommittedVersion:
         """Make a new version from the current one with ``changes`` applied.
 
         ``changes`` maps file names to their new blob, or None to remove the file. The
         blobs must already be stored. A change that alters nothing makes no version.
         """
+        table_options = table_options or {}
         for file_name in changes:
             check_file_name(file_name)
         with self._begin() as conn:
             row = self._writable_row(conn, who, org, name)
-            current = {f.name: f for f in self._files(conn, row.id, row.current_version)}
+            current = {f.name: f for f in self.files_of(conn, row.id, row.current_version)}
             files = dict(current)
             for file_name, blob in changes.items():
                 if blob is None:
@@ -397,10 +437,15 @@ class Catalog:
                     del files[file_name]
                 else:
                     files[file_name] = FileEntry(
-                        file_name, blob.size, blob.sha256, media_type(file_name)
+                        file_name,
+                        blob.size,
+                        blob.sha256,
+                        media_type(file_name),
+                        dict(table_options.get(file_name, {})),
                     )
+            ordered = sorted(files.values(), key=lambda f: f.name)
             if files == current and row.current_version > 0:
-                return row.current_version, sorted(files.values(), key=lambda f: f.name)
+                return CommittedVersion(row.id, row.current_version, ordered, {})
             number = row.current_version + 1
             now = db.utcnow()
             for entry in files.values():
@@ -423,7 +468,10 @@ class Catalog:
             if files:
                 conn.execute(
                     insert(db.version_files),
-                    [{"version_id": version_id, **f.as_dict()} for f in files.values()],
+                    [
+                        {"version_id": version_id, "table_options": f.table_options, **f.as_dict()}
+                        for f in files.values()
+                    ],
                 )
             moved = conn.execute(
                 update(db.datasets)
@@ -435,7 +483,10 @@ class Catalog:
             if moved != 1:
                 raise Conflict(f"{org}/{name} changed during the upload; try again")
             self.search.index(conn, row.id)
-        return number, sorted(files.values(), key=lambda f: f.name)
+            jobs: dict[str, int] = {}
+            for hook in self.version_hooks:
+                jobs.update(hook(conn, int(row.id), ordered))
+        return CommittedVersion(int(row.id), number, ordered, jobs)
 
     def known_blobs(self) -> Iterable[tuple[str, int]]:
         with self.engine.connect() as conn:

@@ -272,7 +272,8 @@ class UploadSessions:
             )
             for f in files
         }
-        version, entries = self.catalog.commit_version(who, org, name, stored, message=row.message)
+        committed = self.catalog.commit_version(who, org, name, stored, message=row.message)
+        version = committed.version
         with self.engine.begin() as conn:
             conn.execute(
                 update(db.upload_sessions)
@@ -284,7 +285,8 @@ class UploadSessions:
             "id": session_id,
             "state": "committed",
             "version": version,
-            "files": [e.as_dict() for e in entries],
+            "files": [e.as_dict() for e in committed.files],
+            "jobs": committed.jobs,
         }
 
     def _dataset_name(self, dataset_id: int) -> tuple[str, str]:

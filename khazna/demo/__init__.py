@@ -55,9 +55,9 @@ def load_demo(hub: Hub) -> list[str]:
             except BaseException:
                 writer.abort()
                 raise
-        version, _ = hub.catalog.commit_version(
+        committed = hub.catalog.commit_version(
             who, org["name"], ds["name"], blobs, message="demo data"
         )
-        if version != current["version"]:
+        if committed.version != current["version"]:
             changed.append(f"{org['name']}/{ds['name']}")
     return changed

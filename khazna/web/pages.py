@@ -32,6 +32,9 @@ LABELS: dict[str, dict[str, str]] = {
         "format": "Format",
         "download": "Télécharger",
         "tagline": "Les données du pays, hébergées dans le pays.",
+        "rows": "lignes",
+        "preparing": "table en préparation",
+        "not_a_table": "pas une table",
     },
     "ar": {
         "search": "بحث",
@@ -47,6 +50,9 @@ LABELS: dict[str, dict[str, str]] = {
         "format": "الصيغة",
         "download": "تنزيل",
         "tagline": "بيانات البلد، مستضافة في البلد.",
+        "rows": "صفوف",
+        "preparing": "الجدول قيد الإعداد",
+        "not_a_table": "ليس جدولا",
     },
     "en": {
         "search": "Search",
@@ -62,6 +68,9 @@ LABELS: dict[str, dict[str, str]] = {
         "format": "Format",
         "download": "Download",
         "tagline": "The country's data, hosted in the country.",
+        "rows": "rows",
+        "preparing": "table being prepared",
+        "not_a_table": "not a table",
     },
 }
 
@@ -122,7 +131,7 @@ def organization_page(request: Request, org: str, who: Who, hub: HubDep) -> HTML
 
 @router.get("/datasets/{org}/{name}", response_class=HTMLResponse)
 def dataset_page(request: Request, org: str, name: str, who: Who, hub: HubDep) -> HTMLResponse:
-    dataset = hub.catalog.dataset(who, org, name)
+    dataset = hub.tables.annotate(hub.catalog.dataset(who, org, name))
     readable = hub.catalog.can_read(who, org, name)
     history = hub.catalog.versions(who, org, name) if readable else []
     return _render(request, "dataset.html", d=dataset, versions=history, readable=readable)

@@ -1,0 +1,143 @@
+"""Routes for tables: rows, schema, profile, SQL, and the jobs that prepare them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from khazna.api.deps import HubDep, Who, get_principal
+from khazna.errors import NotFound
+from khazna.tables.query import QueryResult, Sandbox, parse_filters, read_rows, referenced_tables
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
+
+ROW_PARAMS = {"limit", "offset", "sort", "next", "version"}
+FORMATS = {
+    "application/json": "json",
+    "text/csv": "csv",
+    "application/vnd.apache.parquet": "parquet",
+    "application/vnd.apache.arrow.stream": "arrow",
+}
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"])
+def get_job(job_id: int, who: Who, hub: HubDep) -> dict[str, Any]:
+    job = hub.jobs.get(job_id)
+    dataset_id = job.pop("dataset_id")
+    # A job is as visible as its dataset.
+    if dataset_id is None or not (ref := hub.catalog.visible_ref(who, dataset_id)):
+        raise NotFound(f"no job {job_id}")
+    return {**job, "dataset": ref}
+
+
+@router.get("/tables/{org}/{name}/{file}/rows", tags=["tables"])
+def table_rows(
+    org: str,
+    name: str,
+    file: str,
+    request: Request,
+    who: Who,
+    hub: HubDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    sort: str | None = None,
+    next: str | None = None,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """Rows of a table: ``col=value`` and ``col__gt|gte|lt|lte|ne|contains|in|isnull``
+    filters, ``sort=col`` or ``-col``, ``limit/offset``, or keyset paging with ``next``."""
+    table, _ = hub.tables.table(who, org, name, file, version)
+    filters = parse_filters(request.query_params.multi_items(), ROW_PARAMS)
+    return read_rows(table, limit=limit, offset=offset, sort=sort, filters=filters, cursor=next)
+
+
+@router.get("/tables/{org}/{name}/{file}/schema", tags=["tables"])
+def table_schema(
+    org: str,
+    name: str,
+    file: str,
+    who: Who,
+    hub: HubDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    table, asset = hub.tables.table(who, org, name, file, version)
+    return {
+        "sql_name": table.sql_name,
+        "rows": table.rows,
+        "columns": [{"name": c.name, "type": c.type} for c in table.columns],
+        "encoding": asset.encoding,
+        "delimiter": asset.delimiter,
+        "problem_count": asset.problem_count,
+        "problems": asset.problems,
+    }
+
+
+@router.get("/tables/{org}/{name}/{file}/profile", tags=["tables"])
+def table_profile(
+    org: str,
+    name: str,
+    file: str,
+    who: Who,
+    hub: HubDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    table, asset = hub.tables.table(who, org, name, file, version)
+    return {
+        "sql_name": table.sql_name,
+        "rows": table.rows,
+        "status": "ready" if asset.profile is not None else "pending",
+        "columns": asset.profile,
+    }
+
+
+class SqlIn(BaseModel):
+    sql: str = Field(min_length=1, max_length=100_000)
+    limit: int | None = Field(default=None, ge=0)
+
+
+@router.post("/sql", tags=["tables"], response_model=None)
+async def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
+    """Read-only SQL over every table the caller may read, by ``sql_name``.
+
+    ``Accept: text/csv``, ``application/vnd.apache.parquet`` or
+    ``application/vnd.apache.arrow.stream`` streams that format instead of JSON.
+    """
+    fmt = _negotiate(request.headers.get("accept", "application/json"))
+    names = await run_in_threadpool(referenced_tables, body.sql)
+    tables = await run_in_threadpool(hub.tables.readable, who, names)
+    settings = hub.settings
+    sandbox = Sandbox(
+        tables, timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit
+    )
+    result: QueryResult = await run_in_threadpool(sandbox.run, body.sql)
+    if fmt == "json":
+        row_limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
+        try:
+            return await run_in_threadpool(result.json, row_limit)
+        finally:
+            result.close()
+    stream = {"csv": result.csv, "parquet": result.parquet, "arrow": result.arrow_stream}[fmt]
+    media = next(m for m, f in FORMATS.items() if f == fmt)
+    return StreamingResponse(_closing(stream(), result), media_type=media)
+
+
+def _closing(chunks: Iterator[bytes], result: QueryResult) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        result.close()
+
+
+def _negotiate(accept: str) -> str:
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media in FORMATS:
+            return FORMATS[media]
+        if media in ("*/*", "application/*", ""):
+            return "json"
+    return "json"

@@ -1,0 +1,203 @@
+"""A job queue in the metadata database.
+
+A job is claimed with a lease: the worker refreshes ``heartbeat_at`` while it works. A job
+whose worker died (its heartbeat is older than the lease) is claimed again, up to
+``max_attempts``; a restart of the embedded hub requeues its running jobs at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+
+from khazna import db
+from khazna.errors import NotFound
+
+
+class PermanentFailure(Exception):
+    """The job cannot succeed by trying again (e.g. the file is not a table)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+
+
+class JobQueue:
+    def __init__(self, engine: Engine, lease_s: float = 30.0) -> None:
+        self.engine = engine
+        self.lease = timedelta(seconds=lease_s)
+        # Set when a job is queued in this process, so an idle runner wakes at once.
+        self.wake = threading.Event()
+
+    def enqueue(
+        self,
+        conn: Connection,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        dataset_id: int | None = None,
+        file_name: str | None = None,
+        max_attempts: int = 3,
+    ) -> int:
+        """Queue a job inside the caller's transaction: it exists iff the change does."""
+        now = db.utcnow()
+        job_id = conn.execute(
+            insert(db.jobs).values(
+                kind=kind,
+                payload=payload,
+                state="queued",
+                attempts=0,
+                max_attempts=max_attempts,
+                dataset_id=dataset_id,
+                file_name=file_name,
+                created_at=now,
+                updated_at=now,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+        self.wake.set()
+        return int(job_id)
+
+    def claim(self, worker: str) -> Job | None:
+        """Take the oldest job that is queued, or whose worker stopped beating."""
+        j = db.jobs
+        now = db.utcnow()
+        claimable = or_(
+            j.c.state == "queued",
+            and_(j.c.state == "running", j.c.heartbeat_at < now - self.lease),
+        )
+        with self.engine.begin() as conn:
+            while True:
+                row = conn.execute(
+                    select(j.c.id, j.c.state, j.c.heartbeat_at)
+                    .where(claimable)
+                    .order_by(j.c.id)
+                    .limit(1)
+                ).first()
+                if row is None:
+                    return None
+                # Compare-and-set on the state we saw, so two workers never both win.
+                taken = conn.execute(
+                    update(j)
+                    .where(
+                        j.c.id == row.id,
+                        j.c.state == row.state,
+                        _same(j.c.heartbeat_at, row.heartbeat_at),
+                    )
+                    .values(
+                        state="running",
+                        worker=worker,
+                        heartbeat_at=now,
+                        attempts=j.c.attempts + 1,
+                        updated_at=now,
+                    )
+                    .returning(j.c.id, j.c.kind, j.c.payload, j.c.attempts, j.c.max_attempts)
+                ).first()
+                if taken is None:
+                    continue
+                if taken.attempts > taken.max_attempts:
+                    conn.execute(
+                        update(j)
+                        .where(j.c.id == taken.id)
+                        .values(
+                            state="failed",
+                            updated_at=now,
+                            error=f"gave up after {taken.max_attempts} attempts",
+                        )
+                    )
+                    continue
+                return Job(
+                    int(taken.id),
+                    str(taken.kind),
+                    dict(taken.payload),
+                    int(taken.attempts),
+                    int(taken.max_attempts),
+                )
+
+    def heartbeat(self, job_id: int, worker: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.jobs)
+                .where(db.jobs.c.id == job_id, db.jobs.c.worker == worker)
+                .values(heartbeat_at=db.utcnow())
+            )
+
+    def finish(self, job_id: int, result: dict[str, Any]) -> None:
+        self._end(job_id, state="done", result=result, error=None)
+
+    def fail(self, job_id: int, error: str, *, retry: bool) -> None:
+        if retry:
+            # Back in the queue; claim() gives up once attempts are used up.
+            self._end(job_id, state="queued", result=None, error=error)
+        else:
+            self._end(job_id, state="failed", result=None, error=error)
+
+    def _end(
+        self, job_id: int, *, state: str, result: dict[str, Any] | None, error: str | None
+    ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.jobs)
+                .where(db.jobs.c.id == job_id)
+                .values(
+                    state=state,
+                    result=result,
+                    error=error,
+                    worker=None,
+                    updated_at=db.utcnow(),
+                )
+            )
+
+    def requeue_running(self) -> int:
+        """At the start of an embedded hub, no other process can be running its jobs."""
+        with self.engine.begin() as conn:
+            return int(
+                conn.execute(
+                    update(db.jobs)
+                    .where(db.jobs.c.state == "running")
+                    .values(state="queued", worker=None, updated_at=db.utcnow())
+                ).rowcount
+            )
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(db.jobs).where(db.jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return view(row)
+
+    def pending(self) -> int:
+        with self.engine.connect() as conn:
+            return len(
+                conn.execute(
+                    select(db.jobs.c.id).where(db.jobs.c.state.in_(("queued", "running")))
+                ).all()
+            )
+
+
+def view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "state": row.state,
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "error": row.error,
+        "result": row.result,
+        "dataset_id": row.dataset_id,
+        "file": row.file_name,
+        "created_at": db.iso(row.created_at),
+        "updated_at": db.iso(row.updated_at),
+    }
+
+
+def _same(column: Any, value: Any) -> Any:
+    return column.is_(None) if value is None else column == value

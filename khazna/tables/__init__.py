@@ -1,0 +1,1 @@
+"""Tables: uploaded files as typed Parquet, queried with DuckDB."""

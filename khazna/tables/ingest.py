@@ -1,0 +1,1155 @@
+"""Turn an uploaded table (CSV, TSV, XLSX, JSON, NDJSON, Parquet) into a typed Parquet file.
+
+Everything streams through DuckDB with a memory limit and a spill folder inside the job's
+work folder, so a file larger than memory converts in bounded RSS. The source is only read.
+
+CSV types come from the whole file, not a sample. Every value is read as text and a type is
+kept when its failures are a small minority: a stray "N/A" deep in a numeric column becomes
+null and a `Problem` with its line, instead of aborting or turning the column into text.
+A full census of every candidate type over every value would cost more than the conversion
+itself, so it is spent only where it can change the answer:
+
+1. A census of the first rows proposes a type per column.
+2. Columns whose proposal had no failure there are converted optimistically: the COPY raises
+   on the first value that does not fit, which proves "no failure in the whole file" for
+   free when it does not raise.
+3. The other columns (text, mixed, or with a failure in the sample) get the exact census
+   over the whole file before the COPY. If the optimistic COPY raised, the census runs for
+   those columns too and the COPY runs again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import math
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from itertools import count
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import charset_normalizer
+import duckdb
+import pyarrow.compute as pc  # type: ignore[import-untyped]
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+import python_calamine
+
+TABLE_FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".xlsx": "xlsx",
+    ".json": "json",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".parquet": "parquet",
+}
+# Suffixes that end like a table format but name something else.
+_NOT_TABLES = (".stac.json",)
+
+MAX_PROBLEMS = 1000
+# A type is kept while at most this share of a column's non-empty values fail it.
+FAILURE_PERCENT = 1
+SAMPLE_ROWS = 100_000
+_CHUNK = 1 << 20  # 1 MiB: transcoding and scanning buffers
+_DETECT_BYTES = 4 << 20  # what charset-normalizer looks at
+_HEAD = 64 << 10  # what the binary check looks at
+_SHOWN_VALUE = 200  # characters of a value or line quoted in a problem or a profile
+_GUARD = "khazna-guard"  # marks the optimistic COPY's deliberate error
+
+# Candidate types in order of preference when two fit equally well.
+CANDIDATES = ("BOOLEAN", "BIGINT", "DOUBLE", "DATE", "TIMESTAMP")
+VARCHAR = "VARCHAR"
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    encoding: str | None = None  # declared, e.g. "windows-1256", "latin-1", "utf-8"
+    delimiter: str | None = None  # declared; else sniffed
+    header: bool | None = None  # declared; else sniffed
+    sheet: str | None = None  # XLSX sheet name; default first sheet
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # one of "BIGINT", "DOUBLE", "BOOLEAN", "DATE", "TIMESTAMP", "VARCHAR"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # "bad_value" (value became null) | "ragged_row" (row skipped)
+    line: int | None  # 1-based physical line in the file (the header is line 1)
+    column: str | None
+    value: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    parquet: Path
+    rows: int
+    columns: list[Column]
+    problems: list[Problem]  # at most MAX_PROBLEMS, in file order...
+    problem_count: int  # ...but all counted
+    encoding: str | None  # detected or declared text encoding (None for parquet/xlsx)
+    delimiter: str | None
+
+
+class NotATable(Exception):
+    """The file cannot be read as a table; the message says why, for the dataset page."""
+
+
+def is_table(file_name: str) -> bool:
+    return _kind(file_name) is not None
+
+
+def _kind(file_name: str) -> str | None:
+    lower = file_name.lower()
+    if lower.endswith(_NOT_TABLES):
+        return None
+    return TABLE_FORMATS.get(PurePosixPath(lower).suffix)
+
+
+def ingest(
+    source: Path,
+    file_name: str,
+    work_dir: Path,
+    options: IngestOptions = IngestOptions(),
+    *,
+    memory_limit: str = "512MB",
+    threads: int = 2,
+) -> IngestResult:
+    """Convert ``source`` (named ``file_name``) to ``work_dir/table.parquet``."""
+    kind = _kind(file_name)
+    if kind is None:
+        raise NotATable(f"not a table format: {file_name}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if source.stat().st_size == 0:
+        raise NotATable("empty file")
+    out = work_dir / "table.parquet"
+    with _connect(work_dir, memory_limit, threads) as con:
+        if kind == "csv":
+            return _ingest_text(con, source, work_dir, options, out)
+        if kind == "xlsx":
+            return _ingest_xlsx(con, source, work_dir, options, out)
+        if kind == "parquet":
+            return _ingest_parquet(con, source, out)
+        return _ingest_json(con, source, out, ndjson=kind == "ndjson")
+
+
+# --- DuckDB -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _connect(spill_parent: Path | None, memory_limit: str, threads: int) -> Iterator[Any]:
+    """An in-memory DuckDB that spills inside ``spill_parent`` (else the system's temporary
+    folder) and never touches the network."""
+    spill = Path(tempfile.mkdtemp(prefix="duckdb-spill-", dir=spill_parent))
+    con = duckdb.connect(":memory:")
+    try:
+        for setting, value in (
+            ("autoinstall_known_extensions", "false"),
+            ("autoload_known_extensions", "false"),
+            ("memory_limit", _lit(memory_limit)),
+            ("threads", str(int(threads))),
+            ("temp_directory", _lit(str(spill))),
+            # Rows keep the file's order: problems refer to it and users expect it.
+            ("preserve_insertion_order", "true"),
+            # Offsets in timestamps are converted to UTC; naive ones are kept as written.
+            ("TimeZone", "'UTC'"),
+            ("enable_progress_bar", "false"),
+        ):
+            con.execute(f"SET {setting} = {value}")
+        yield con
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _one(con: Any, sql: str) -> tuple[Any, ...]:
+    """The single row of ``sql``. fetchall, not fetchone: fetchone leaves the query pending,
+    and a read's rejects table only appears once its query has finished."""
+    rows = con.execute(sql).fetchall()
+    return tuple(rows[0]) if rows else ()
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _unique_names(raw: Sequence[str | None]) -> list[str]:
+    """Trimmed header names; empty ones become column_<position>, repeats get _2, _3...
+
+    Uniqueness ignores case because DuckDB resolves identifiers without it.
+    """
+    names: list[str] = []
+    taken: set[str] = set()
+    for position, name in enumerate(raw, start=1):
+        base = (name or "").strip() or f"column_{position}"
+        candidate, n = base, 1
+        while candidate.lower() in taken:
+            n += 1
+            candidate = f"{base}_{n}"
+        taken.add(candidate.lower())
+        names.append(candidate)
+    return names
+
+
+# --- text files: encoding ---------------------------------------------------------------
+
+_LABELS = {
+    "utf-8": "utf-8",
+    "utf-8-sig": "utf-8",
+    "cp1256": "windows-1256",
+    "cp1252": "windows-1252",
+    "iso8859-1": "latin-1",
+    "latin-1": "latin-1",
+    "utf-16": "utf-16",
+}
+
+
+def _latin1_fallback(err: UnicodeError) -> tuple[str, int]:
+    """Bytes windows-1252 leaves undefined decode as Latin-1, as browsers do."""
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    return err.object[err.start : err.end].decode("latin-1"), err.end
+
+
+codecs.register_error("khazna-latin1", _latin1_fallback)
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    codec: str  # Python codec name
+    label: str  # what the result reports
+
+    @property
+    def is_utf8(self) -> bool:
+        return self.codec in ("utf-8", "utf-8-sig")
+
+    @property
+    def errors(self) -> str:
+        return "khazna-latin1" if self.codec == "cp1252" else "strict"
+
+
+def _declared_encoding(name: str) -> _Encoding:
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise NotATable(f"unknown encoding {name!r}") from None
+    return _Encoding(codec, _LABELS.get(codec, codec))
+
+
+def _head_encoding(head: bytes) -> _Encoding | None:
+    """UTF-16 announces itself with a byte order mark; it would otherwise look binary."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return _Encoding("utf-16", "utf-16")
+    return None
+
+
+def _check_text(head: bytes, whole: bool) -> None:
+    """Refuse binary content and files with nothing but blanks."""
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :]
+    if whole and not head.strip():
+        raise NotATable("empty file")
+    controls = sum(head.count(bytes([b])) for b in range(32) if b not in (9, 10, 12, 13))
+    if b"\0" in head or controls * 100 > len(head):
+        raise NotATable("binary content, not text")
+
+
+def _detect_encoding(source: Path, bad_offset: int) -> _Encoding:
+    """Not UTF-8: choose between Arabic (windows-1256) and Western (windows-1252) text.
+
+    Looks at a few MB around the first byte that was not UTF-8, where the evidence is.
+    """
+    start = max(0, bad_offset - _DETECT_BYTES // 4)
+    with source.open("rb") as f:
+        f.seek(start)
+        sample = f.read(_DETECT_BYTES)
+    best = charset_normalizer.from_bytes(sample, cp_isolation=["cp1256", "cp1252"]).best()
+    codec = best.encoding if best is not None else "cp1252"
+    return _Encoding(codec, _LABELS[codec])
+
+
+def _transcode(source: Path, target: Path, encoding: _Encoding) -> None:
+    """Stream ``source`` to UTF-8 (without BOM) in ``target``."""
+    decoder = codecs.getincrementaldecoder(encoding.codec)(encoding.errors)
+    offset = 0
+    with source.open("rb") as src, target.open("w", encoding="utf-8", newline="") as dst:
+        first = True
+        while True:
+            chunk = src.read(_CHUNK)
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                raise NotATable(
+                    f"not valid {encoding.label}: byte {offset + exc.start + 1} cannot be decoded"
+                ) from None
+            if first and text.startswith("\ufeff"):
+                text = text[1:]
+            first = first and not text
+            dst.write(text)
+            offset += len(chunk)
+            if not chunk:
+                return
+
+
+# --- text files: the CSV pipeline --------------------------------------------------------
+
+
+class _NotUtf8(Exception):
+    """DuckDB met bytes that are not UTF-8 (at ``offset`` when known)."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+def _ingest_text(
+    con: Any, source: Path, work_dir: Path, options: IngestOptions, out: Path
+) -> IngestResult:
+    with source.open("rb") as f:
+        head = f.read(_HEAD)
+    encoding = _declared_encoding(options.encoding) if options.encoding else _head_encoding(head)
+    if encoding is None or encoding.codec != "utf-16":
+        _check_text(head, whole=source.stat().st_size <= _HEAD)
+    text = source
+    if encoding is not None and not encoding.is_utf8:
+        text = work_dir / "source.utf-8.csv"
+        _transcode(source, text, encoding)
+    try:
+        table = _csv_to_parquet(con, text, options, out)
+    except _NotUtf8 as exc:
+        if encoding is not None:  # declared (or transcoded) and still not UTF-8
+            raise NotATable(f"not valid {encoding.label} near byte {exc.offset + 1}") from None
+        encoding = _detect_encoding(source, exc.offset)
+        text = work_dir / "source.utf-8.csv"
+        _transcode(source, text, encoding)
+        table = _csv_to_parquet(con, text, options, out)
+    if text != source:
+        text.unlink()
+    return IngestResult(
+        out,
+        table.rows,
+        table.columns,
+        table.problems,
+        table.problem_count,
+        (encoding or _Encoding("utf-8", "utf-8")).label,
+        table.dialect.delimiter,
+    )
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    delimiter: str
+    quote: str  # "" when the file has no quoting
+    escape: str  # "" when none
+    header: bool
+    skip: int  # lines before the header
+    comment: str
+    newline: bytes  # b"\r" for old Mac files, else b"\n"
+
+
+_READS = count()
+
+
+@dataclass(frozen=True)
+class _Csv:
+    """A UTF-8 CSV file, how to parse it, and SQL that reads it as text columns c0, c1..."""
+
+    path: Path
+    dialect: _Dialect
+    width: int
+
+    def read(self, *, rejects: str | None = None) -> str:
+        d = self.dialect
+        columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(self.width))
+        options = [
+            _lit(str(self.path)),
+            f"delim={_lit(d.delimiter)}",
+            f"quote={_lit(d.quote)}",
+            f"escape={_lit(d.escape)}",
+            f"header={str(d.header).lower()}",
+            f"skip={d.skip}",
+            "auto_detect=false",
+            f"columns={{{columns}}}",
+        ]
+        if d.comment:
+            options.append(f"comment={_lit(d.comment)}")
+        if rejects:
+            options += ["store_rejects=true", f"rejects_table={_lit(rejects)}"]
+            options.append(f"rejects_scan={_lit(rejects + '_scan')}")
+        else:
+            options.append("ignore_errors=true")
+        return f"read_csv({', '.join(options)})"
+
+    def rejects_table(self) -> str:
+        # Unique per process: a retry after transcoding must not find the old rejects.
+        return f"khazna_rejects_{next(_READS)}"
+
+
+@dataclass(frozen=True)
+class _Table:
+    rows: int
+    columns: list[Column]
+    problems: list[Problem]
+    problem_count: int
+    dialect: _Dialect
+
+
+def _csv_to_parquet(con: Any, path: Path, options: IngestOptions, out: Path) -> _Table:
+    dialect, sniffed_names = _sniff(con, path, options)
+    names = _header_names(path, dialect, sniffed_names)
+    src = _Csv(path, dialect, len(names))
+    plan = _plan(con, src)
+    rows, rejects = _copy_planned(con, src, names, plan, out)
+    ragged, ragged_count = _ragged_problems(con, src, rejects)
+    if rows == 0 and ragged_count:
+        raise NotATable(
+            f"not a table: no row has the {len(names)} fields of line 1 ({ragged[0].message})"
+        )
+    if _settle_text(con, src, plan, rows):
+        rows, rejects = _copy_csv(con, src, names, plan.types, out, guarded=set())
+    bad = _bad_value_problems(con, src, names, plan.types, plan.failures)
+    problems = sorted(ragged + bad, key=lambda p: (p.line is None, p.line or 0))
+    columns = [Column(n, plan.types[i]) for i, n in enumerate(names)]
+    bad_count = sum(plan.failures.values())
+    return _Table(rows, columns, problems[:MAX_PROBLEMS], ragged_count + bad_count, dialect)
+
+
+def _duck_error(exc: duckdb.Error) -> Exception:
+    """DuckDB's complaint about a text file, as the exception this module raises."""
+    message = str(exc)
+    if "unicode" in message.lower() or "utf-8" in message.lower():
+        return _NotUtf8(0)
+    return NotATable(f"not a table: {_first_line(exc)}")
+
+
+def _sniff(con: Any, path: Path, options: IngestOptions) -> tuple[_Dialect, list[str]]:
+    """DuckDB's sniffer, with the declared delimiter and header honoured: (dialect, names).
+
+    ignore_errors lets it see past ragged rows, which otherwise make it give up on the real
+    delimiter. The names are DuckDB's (blanks and repeats renamed its own way).
+    """
+    args = [_lit(str(path)), "ignore_errors=true"]
+    if options.delimiter:
+        args.append(f"delim={_lit(options.delimiter)}")
+    if options.header is not None:
+        args.append(f"header={str(options.header).lower()}")
+    sql = (
+        "SELECT Delimiter, Quote, Escape, HasHeader, SkipRows, Comment, NewLineDelimiter,"
+        f" [c.name FOR c IN Columns] FROM sniff_csv({', '.join(args)})"
+    )
+    try:
+        row = _one(con, sql)
+    except duckdb.Error as exc:
+        raise _duck_error(exc) from None
+    delimiter, quote, escape, header, skip, comment, newline, names = row
+    if not names:
+        raise NotATable("not a table: no columns found")
+
+    def given(value: str) -> str:
+        return "" if value == "(empty)" else value
+
+    quote, escape = given(quote), given(escape)
+    if not quote and not _has_quote(path):
+        # The sniffer saw no quotes, so it chose none; quoted fields further down would then
+        # split. RFC 4180 quoting costs nothing where there are none.
+        quote = '"'
+    dialect = _Dialect(
+        delimiter=delimiter,
+        quote=quote,
+        # Without an escape, a doubled quote inside quotes would end the field.
+        escape=escape or quote,
+        header=bool(header),
+        skip=int(skip),
+        comment=given(comment),
+        newline=b"\r" if newline == "\\r" else b"\n",
+    )
+    return dialect, [str(n) for n in names]
+
+
+def _has_quote(path: Path) -> bool:
+    with path.open("rb") as f:
+        return b'"' in f.read(_HEAD)
+
+
+def _header_names(path: Path, dialect: _Dialect, sniffed: list[str]) -> list[str]:
+    """Column names as written in the header row, read with Python's csv module.
+
+    DuckDB's names would do, but it renames blank and repeated names its own way
+    ("column2", "a_1"), indistinguishable from a header that says so.
+    """
+    width = len(sniffed)
+    fmt = _python_dialect(dialect)
+    if not dialect.header:
+        return [f"column_{i}" for i in range(1, width + 1)]
+    if fmt is None:
+        return _unique_names(sniffed)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        for _ in range(dialect.skip):
+            f.readline()
+        try:
+            raw: list[str | None] = list(next(csv.reader(f, **fmt), []))
+        except (csv.Error, UnicodeDecodeError):
+            return _unique_names(sniffed)
+    return _unique_names((raw + [None] * width)[:width])
+
+
+# --- type inference -----------------------------------------------------------------------
+
+# Numbers as people write them, without leading zeros: "01", "01.511" and "06.141.01.00"
+# are identifiers and stay text. No "+" either: "+212661234567" is a phone number.
+_RE_BIGINT = r"\s*-?(0|[1-9][0-9]*)\s*"
+# An integer of more than 16 digits is an identifier too (a double would round it).
+_RE_DOUBLE = r"\s*-?((0|[1-9][0-9]{0,15})|(0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*"
+_RE_ISO_SECONDS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}"
+_DATE_SHAPE = "ascii({v}) BETWEEN 48 AND 57 AND ({v} LIKE '____-%' OR {v} LIKE '____/%')"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How text becomes one candidate type: value = CASE WHEN test THEN cast END.
+
+    ``first`` is a cheaper test that every value passing ``test`` passes too. The census,
+    which also meets text columns, puts it in front so text costs almost nothing; the COPY,
+    which applies a type to the column it fits, leaves it out. Same values either way.
+    """
+
+    first: str
+    test: str
+    cast: str
+
+
+_RULES = {
+    # Only words: 0/1 are counts more often than flags.
+    "BOOLEAN": _Rule(
+        "ascii({v}) IN (70, 84, 102, 116)",
+        "length({v}) <= 5 AND lower({v}) IN ('true', 'false')",
+        "lower({v}) = 'true'",
+    ),
+    "BIGINT": _Rule(
+        "(ascii({v}) BETWEEN 48 AND 57 OR ascii({v}) IN (32, 45))",
+        f"regexp_full_match({{v}}, '{_RE_BIGINT}')",
+        "try_cast({v} AS BIGINT)",
+    ),
+    "DOUBLE": _Rule(
+        "(ascii({v}) BETWEEN 48 AND 57 OR ascii({v}) IN (32, 45, 46))",
+        f"regexp_full_match({{v}}, '{_RE_DOUBLE}')",
+        "try_cast({v} AS DOUBLE)",
+    ),
+    # Longer text would be a timestamp, which a DATE cast silently truncates.
+    "DATE": _Rule("true", f"{_DATE_SHAPE} AND length({{v}}) <= 10", "try_cast({v} AS DATE)"),
+    # Anything but plain "YYYY-MM-DD HH:MM:SS" goes through TIMESTAMPTZ: unlike a TIMESTAMP
+    # cast it rejects trailing junk, and it converts offsets ("Z", "+01:00") to UTC. It is
+    # slower, so the common shape takes the direct cast, which gives the same value.
+    "TIMESTAMP": _Rule(
+        "true",
+        _DATE_SHAPE,
+        f"CASE WHEN regexp_full_match({{v}}, '{_RE_ISO_SECONDS}') THEN try_cast({{v}} AS TIMESTAMP)"
+        " ELSE CAST(try_cast({v} AS TIMESTAMPTZ) AS TIMESTAMP) END",
+    ),
+}
+_BLANK = r"(ascii({v}) IN (9, 10, 13, 32) AND regexp_full_match({v}, '\s*'))"
+
+
+def _sql(template: str, v: str) -> str:
+    # str.replace, not str.format: the regular expressions hold braces.
+    return template.replace("{v}", v)
+
+
+def _blank(v: str) -> str:
+    return _sql(_BLANK, v)
+
+
+def _convert(type_: str, v: str, *, census: bool = False) -> str:
+    """SQL for column ``v`` as ``type_``: NULL where the text is not one."""
+    if type_ == VARCHAR:
+        return v
+    rule = _RULES[type_]
+    test = f"{rule.first} AND {rule.test}" if census and rule.first != "true" else rule.test
+    return _sql(f"CASE WHEN {test} THEN {rule.cast} END", v)
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """One column over some rows: non-empty values, and how many each candidate converts."""
+
+    nonempty: int
+    ok: dict[str, int]
+
+    def choice(self) -> tuple[str, int]:
+        return _choose(self.nonempty, self.ok)
+
+    def rules_out_types(self, rows: int) -> bool:
+        """True when no candidate can fit a file of ``rows`` rows that holds these values.
+
+        A candidate's failures in the file are at least those counted here, and its non-empty
+        values at most ``rows``: past FAILURE_PERCENT of ``rows``, it cannot fit.
+        """
+        return all((self.nonempty - self.ok[t]) * 100 > rows * FAILURE_PERCENT for t in CANDIDATES)
+
+
+def _choose(nonempty: int, ok: dict[str, int]) -> tuple[str, int]:
+    """(type, failures): the candidate with fewest failures among those that fit.
+
+    A type fits when it converts at least one value and fails on at most FAILURE_PERCENT of
+    the non-empty ones; ties go to the earlier candidate (BIGINT before DOUBLE, DATE before
+    TIMESTAMP). Nothing fits: VARCHAR, which never fails.
+    """
+    fits = [
+        (nonempty - ok[t], rank, t)
+        for rank, t in enumerate(CANDIDATES)
+        if ok.get(t, 0) > 0 and (nonempty - ok[t]) * 100 <= nonempty * FAILURE_PERCENT
+    ]
+    if not fits:
+        return VARCHAR, 0
+    failures, _, type_ = min(fits)
+    return type_, failures
+
+
+def _census(con: Any, source_sql: str, cols: Sequence[int]) -> tuple[int, dict[int, _Counts]]:
+    """(rows, counts per column) over ``source_sql``."""
+    parts = ["count(*)"]
+    for i in cols:
+        v = f"c{i}"
+        parts.append(f"count({v}) - count(CASE WHEN {_blank(v)} THEN 1 END)")
+        parts += [f"count({_convert(t, v, census=True)})" for t in CANDIDATES]
+    rows, *counts = _one(con, f"SELECT {', '.join(parts)} FROM {source_sql}")
+    step = len(CANDIDATES) + 1
+    by_column = {}
+    for k, i in enumerate(cols):
+        nonempty, *oks = counts[k * step : (k + 1) * step]
+        by_column[i] = _Counts(nonempty, dict(zip(CANDIDATES, oks, strict=True)))
+    return rows, by_column
+
+
+@dataclass
+class _Plan:
+    """Types per column and what is known about them (see the module docstring)."""
+
+    types: dict[int, str]
+    failures: dict[int, int]  # exact counts, for columns whose type is settled
+    optimistic: set[int]  # typed, no failure in the sample: the COPY checks the rest
+    unsettled_text: dict[int, _Counts]  # text in the sample; settled after the COPY
+
+    def settle(self, counts: dict[int, _Counts]) -> None:
+        for i, c in counts.items():
+            self.types[i], self.failures[i] = c.choice()
+            self.optimistic.discard(i)
+            self.unsettled_text.pop(i, None)
+
+
+def _plan(con: Any, src: _Csv) -> _Plan:
+    rejects = src.rejects_table()
+    sample_sql = f"(SELECT * FROM {src.read(rejects=rejects)} LIMIT {SAMPLE_ROWS})"
+    try:
+        sampled, sample = _census(con, sample_sql, range(src.width))
+    except duckdb.Error as exc:
+        raise _duck_error(exc) from None
+    _raise_if_not_utf8(con, rejects)
+    plan = _Plan({i: VARCHAR for i in sample}, {}, set(), {})
+    if sampled < SAMPLE_ROWS:  # the sample is the whole file: its census is exact
+        plan.settle(sample)
+        return plan
+    unsure = {}
+    for i, counts in sample.items():
+        type_, failures = counts.choice()
+        plan.types[i] = type_
+        if counts.nonempty and type_ != VARCHAR and not failures:
+            plan.optimistic.add(i)
+        elif counts.nonempty and type_ == VARCHAR:
+            plan.unsettled_text[i] = counts
+        else:  # failures already in the sample, or nothing to go by: count them all
+            unsure[i] = counts
+    if unsure:
+        plan.settle(_census(con, src.read(), sorted(unsure))[1])
+    return plan
+
+
+def _copy_planned(con: Any, src: _Csv, names: list[str], plan: _Plan, out: Path) -> tuple[int, str]:
+    """The COPY, optimistic first; if an optimistic type met a misfit, count and copy again."""
+    try:
+        result = _copy_csv(con, src, names, plan.types, out, guarded=plan.optimistic)
+    except duckdb.Error as exc:
+        if _GUARD not in str(exc):
+            raise
+        plan.settle(_census(con, src.read(), sorted(plan.optimistic))[1])
+        return _copy_csv(con, src, names, plan.types, out, guarded=set())
+    for i in plan.optimistic:  # the COPY went through: not one misfit in the whole file
+        plan.failures[i] = 0
+    plan.optimistic.clear()
+    return result
+
+
+def _settle_text(con: Any, src: _Csv, plan: _Plan, rows: int) -> bool:
+    """Confirm the columns left as text from the sample; True if one turns out typed.
+
+    Usually the sample already rules every type out for a file of ``rows`` rows; the
+    census over the whole file runs only for the columns where it cannot.
+    """
+    for i, counts in list(plan.unsettled_text.items()):
+        if counts.rules_out_types(rows):
+            plan.failures[i] = 0
+            del plan.unsettled_text[i]
+    if not plan.unsettled_text:
+        return False
+    before = dict(plan.types)
+    plan.settle(_census(con, src.read(), sorted(plan.unsettled_text))[1])
+    return plan.types != before
+
+
+def _raise_if_not_utf8(con: Any, rejects: str) -> None:
+    """Invalid UTF-8 among a read's rejected rows means the file has another encoding."""
+    row = _one(
+        con, f"SELECT min(byte_position) FROM {rejects} WHERE error_type = 'INVALID ENCODING'"
+    )
+    if row[0] is not None:
+        raise _NotUtf8(int(row[0]))
+
+
+def _copy_csv(
+    con: Any,
+    src: _Csv,
+    names: list[str],
+    types: dict[int, str],
+    out: Path,
+    guarded: set[int],
+) -> tuple[int, str]:
+    """COPY to Parquet with the chosen types; (rows, the rejects table of that read).
+
+    Guarded (optimistic) columns raise on a value their type cannot hold, instead of
+    storing null: see the module docstring.
+    """
+    exprs = []
+    for i, name in enumerate(names):
+        v, value = f"c{i}", _convert(types[i], f"c{i}")
+        if i in guarded:
+            # The error's text depends on the row, so DuckDB cannot fold it into a constant.
+            alarm = f"error('{_GUARD} ' || {v})"
+            value = f"coalesce({value}, CASE WHEN NOT {_blank(v)} THEN {alarm} END)"
+        exprs.append(f"{value} AS {_ident(name)}")
+    rejects = src.rejects_table()
+    sql = f"COPY (SELECT {', '.join(exprs)} FROM {src.read(rejects=rejects)}) TO {_lit(str(out))}"
+    try:
+        row = _one(con, f"{sql} (FORMAT parquet)")
+    except duckdb.Error as exc:
+        if _GUARD in str(exc):
+            raise
+        raise _duck_error(exc) from None
+    _raise_if_not_utf8(con, rejects)
+    return int(row[0]), rejects
+
+
+# --- problems -----------------------------------------------------------------------------
+
+_FOUND = re.compile(r"Found: (\d+)")
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _SHOWN_VALUE else text[:_SHOWN_VALUE] + "…"
+
+
+def _ragged_problems(con: Any, src: _Csv, rejects: str) -> tuple[list[Problem], int]:
+    """Rows DuckDB skipped (wrong number of fields, broken quoting): listed and counted."""
+    total = _one(con, f"SELECT count(DISTINCT line) FROM {rejects}")[0]
+    rows = con.execute(
+        "SELECT coalesce(line_byte_position, byte_position, 0), error_type, error_message,"
+        " csv_line"
+        f" FROM {rejects} ORDER BY byte_position LIMIT {MAX_PROBLEMS}"
+    ).fetchall()
+    lines = _lines_at(src.path, [int(r[0]) for r in rows], src.dialect.newline)
+    problems = []
+    for (_, error_type, error_message, csv_line), line in zip(rows, lines, strict=True):
+        found = _FOUND.search(error_message or "")
+        if error_type in ("TOO MANY COLUMNS", "MISSING COLUMNS") and found:
+            why = f"expected {src.width} fields, found {found.group(1)}"
+        else:
+            why = _first_line(Exception(error_message or error_type)).rstrip(".")
+        problems.append(
+            Problem(
+                "ragged_row",
+                line,
+                None,
+                _shown(csv_line or ""),
+                f"line {line}: {why}; row skipped",
+            )
+        )
+    return problems, int(total)
+
+
+def _lines_at(path: Path, positions: list[int], newline: bytes) -> list[int]:
+    """1-based line of each byte position: newlines before it, plus one.
+
+    DuckDB's own line count skips newlines inside quotes; a person opening the file in an
+    editor counts them, so the physical line is reported. Counting up to (not before) the
+    position gives the same answer whether DuckDB's position is the line's first byte or the
+    one after it.
+    """
+    wanted = sorted(set(positions))
+    found: dict[int, int] = {}
+    newlines, offset, k = 0, 0, 0
+    with path.open("rb") as f:
+        while k < len(wanted):
+            chunk = f.read(_CHUNK)
+            while k < len(wanted) and (not chunk or wanted[k] <= offset + len(chunk)):
+                found[wanted[k]] = newlines + chunk[: wanted[k] - offset].count(newline) + 1
+                k += 1
+            if not chunk:
+                break
+            newlines += chunk.count(newline)
+            offset += len(chunk)
+    return [found[p] for p in positions]
+
+
+def _bad_value_problems(
+    con: Any, src: _Csv, names: list[str], types: dict[int, str], failures: dict[int, int]
+) -> list[Problem]:
+    """The values that did not fit their column's type and became null, with their lines."""
+    cols = [i for i, f in failures.items() if f > 0]
+    if not cols:
+        return []
+    found = _failing_values(con, src, cols, types)
+    lines = _record_lines(src, found)
+    problems = []
+    for (ordinal, i, value), line in zip(found, lines, strict=True):
+        where = f"line {line}" if line is not None else f"row {ordinal + 1}"
+        message = f"{where}: {_shown(value)!r} is not a {types[i]} in column {names[i]}"
+        problems.append(
+            Problem("bad_value", line, names[i], _shown(value), message + "; stored as null")
+        )
+    return problems
+
+
+def _failing_values(
+    con: Any, src: _Csv, cols: list[int], types: dict[int, str]
+) -> list[tuple[int, int, str]]:
+    """(row ordinal among the rows kept, column, value) of the first MAX_PROBLEMS failures.
+
+    Rows arrive in file order (insertion order is preserved), so counting them gives each
+    row's ordinal.
+    """
+    exprs = []
+    for i in cols:
+        v = f"c{i}"
+        failed = f"{v} IS NOT NULL AND NOT {_blank(v)} AND {_convert(types[i], v)} IS NULL"
+        exprs.append(f"CASE WHEN {failed} THEN {v} END")
+    reader = con.sql(f"SELECT {', '.join(exprs)} FROM {src.read()}").to_arrow_reader(100_000)
+    found: list[tuple[int, int, str]] = []
+    ordinal = 0
+    for batch in reader:
+        for k, i in enumerate(cols):
+            column = batch.column(k)
+            if column.null_count == len(column):
+                continue
+            for j in pc.indices_nonzero(pc.is_valid(column)).to_pylist():
+                found.append((ordinal + j, i, column[j].as_py()))
+        ordinal += batch.num_rows
+        if len(found) >= MAX_PROBLEMS:
+            break
+    reader.close()
+    return sorted(found)[:MAX_PROBLEMS]
+
+
+def _record_lines(src: _Csv, found: list[tuple[int, int, str]]) -> list[int | None]:
+    """The physical line where each kept row starts, by reading the file again in Python.
+
+    DuckDB does not say where a row came from, so Python's csv module walks the records,
+    skipping what DuckDB skipped (blank lines, rows with the wrong number of fields). Each
+    answer is checked against the value DuckDB saw; a mismatch gives None, never a wrong line.
+    """
+    fmt = _python_dialect(src.dialect)
+    if fmt is None or not found:
+        return [None] * len(found)
+    wanted = {ordinal for ordinal, _, _ in found}
+    rows: dict[int, tuple[int, list[str]]] = {}
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))  # DuckDB's lines go to 2 MB+
+    with src.path.open(encoding="utf-8-sig", newline="") as f:
+        for _ in range(src.dialect.skip):
+            f.readline()
+        reader = csv.reader(f, **fmt)
+        end = src.dialect.skip
+        if src.dialect.header:
+            next(reader, None)
+            end = src.dialect.skip + reader.line_num
+        ordinal = -1
+        for record in reader:
+            start, end = end + 1, src.dialect.skip + reader.line_num
+            if len(record) != src.width or _is_comment(record, src.dialect):
+                continue
+            ordinal += 1
+            if ordinal in wanted:
+                rows[ordinal] = (start, record)
+                if len(rows) == len(wanted):
+                    break
+    lines: list[int | None] = []
+    for ordinal, i, value in found:
+        line, record = rows.get(ordinal, (None, []))
+        lines.append(line if record and record[i] == value else None)
+    return lines
+
+
+def _is_comment(record: list[str], dialect: _Dialect) -> bool:
+    return bool(dialect.comment) and bool(record) and record[0].startswith(dialect.comment)
+
+
+def _python_dialect(d: _Dialect) -> dict[str, Any] | None:
+    """The csv module's reading of DuckDB's dialect; None when it has no equivalent."""
+    if len(d.delimiter) != 1 or len(d.quote) > 1 or len(d.escape) > 1:
+        return None
+    if not d.quote:
+        return {"delimiter": d.delimiter, "quoting": csv.QUOTE_NONE}
+    fmt: dict[str, Any] = {"delimiter": d.delimiter, "quotechar": d.quote, "doublequote": True}
+    if d.escape and d.escape != d.quote:
+        fmt.update(escapechar=d.escape, doublequote=False)
+    return fmt
+
+
+# --- XLSX ---------------------------------------------------------------------------------
+
+
+def _ingest_xlsx(
+    con: Any, source: Path, work_dir: Path, options: IngestOptions, out: Path
+) -> IngestResult:
+    """The sheet as a UTF-8 CSV, then the CSV path, so types are inferred the same way."""
+    text = work_dir / "sheet.csv"
+    _sheet_to_csv(source, options.sheet, text)
+    declared = IngestOptions(delimiter=",", header=True)
+    try:
+        table = _csv_to_parquet(con, text, declared, out)
+    finally:
+        text.unlink()
+    return IngestResult(
+        out, table.rows, table.columns, table.problems, table.problem_count, None, None
+    )
+
+
+def _sheet_to_csv(source: Path, sheet: str | None, target: Path) -> None:
+    try:
+        book = python_calamine.CalamineWorkbook.from_path(str(source))
+    except Exception as exc:  # calamine raises several unrelated types for a bad file
+        raise NotATable(f"not a readable XLSX file: {_first_line(exc)}") from None
+    try:
+        names = book.sheet_names
+        if not names:
+            raise NotATable("the workbook has no sheet")
+        name = sheet if sheet is not None else names[0]
+        if name not in names:
+            raise NotATable(f"no sheet named {name!r}; sheets: {', '.join(names)}")
+        _write_rows(book.get_sheet_by_name(name), name, target)
+    finally:
+        book.close()
+
+
+def _write_rows(sheet: Any, name: str, target: Path) -> None:
+    width = sheet.width
+    written = 0
+    with target.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        for cells in sheet.iter_rows():
+            texts = [_cell_text(c) for c in cells][:width]
+            if not any(texts):  # blank spreadsheet rows are layout, not data
+                continue
+            writer.writerow(texts + [""] * (width - len(texts)))
+            written += 1
+    if written == 0:
+        raise NotATable(f"sheet {name!r} has no rows")
+
+
+def _cell_text(value: Any) -> str:
+    """A cell as the text a CSV export would hold; dates in ISO 8601."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        # Excel stores every number as a float; whole ones are written as integers, within
+        # the range where a double holds them exactly.
+        if value.is_integer() and abs(value) < 2**53:
+            return str(int(value))
+        return repr(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return str(value)
+    return str(value)
+
+
+# --- JSON and Parquet ---------------------------------------------------------------------
+
+_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
+
+
+def _mapped(v: str, duck_type: str) -> tuple[str, str]:
+    """(SQL, type) bringing a typed column to one of this module's six types.
+
+    Integers that may not fit BIGINT (UBIGINT, HUGEINT) become text rather than wrong.
+    """
+    t = duck_type.upper()
+    if t == "BOOLEAN" or t == "DATE":
+        return v, t
+    if t in _INTEGERS:
+        return f"CAST({v} AS BIGINT)", "BIGINT"
+    if t in ("FLOAT", "DOUBLE") or t.startswith("DECIMAL"):
+        return f"CAST({v} AS DOUBLE)", "DOUBLE"
+    if t.startswith("TIMESTAMP"):  # _S, _MS, _NS and WITH TIME ZONE (to UTC)
+        return f"CAST({v} AS TIMESTAMP)", "TIMESTAMP"
+    if t == "JSON":  # mixed types: strings unquoted, the rest as JSON text
+        return (
+            f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' ELSE CAST({v} AS VARCHAR) END",
+            VARCHAR,
+        )
+    if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION")):
+        return f"CAST(to_json({v}) AS VARCHAR)", VARCHAR
+    return f"CAST({v} AS VARCHAR)", VARCHAR
+
+
+def _copy_typed(con: Any, relation_sql: str, out: Path) -> tuple[int, list[Column]]:
+    """COPY a typed relation to Parquet with its columns renamed and mapped."""
+    described = con.execute(f"DESCRIBE SELECT * FROM {relation_sql}").fetchall()
+    if not described:
+        raise NotATable("not a table: no columns")
+    names = _unique_names([str(r[0]) for r in described])
+    exprs, columns = [], []
+    for (raw, duck_type, *_), name in zip(described, names, strict=True):
+        sql, type_ = _mapped(_ident(str(raw)), str(duck_type))
+        exprs.append(f"{sql} AS {_ident(name)}")
+        columns.append(Column(name, type_))
+    select = f"SELECT {', '.join(exprs)} FROM {relation_sql}"
+    row = _one(con, f"COPY ({select}) TO {_lit(str(out))} (FORMAT parquet)")
+    return int(row[0]), columns
+
+
+def _json_start(source: Path) -> bytes:
+    """The first two non-blank lines' opening, to tell an array from records from an object."""
+    with source.open("rb") as f:
+        head = f.read(_HEAD)
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8) :]
+    return head.lstrip()
+
+
+def _json_format(source: Path, ndjson: bool) -> str:
+    head = _json_start(source)
+    if not head:
+        raise NotATable("empty file")
+    if ndjson:
+        return "newline_delimited"
+    if head[:1] == b"[":
+        return "array"
+    first, _, rest = head.partition(b"\n")
+    if head[:1] == b"{" and first.rstrip().endswith(b"}") and rest.lstrip()[:1] == b"{":
+        return "newline_delimited"  # JSON Lines saved as .json
+    if head[:1] == b"{":
+        raise NotATable("not a table: a JSON object, not an array of objects")
+    raise NotATable("not a table: not JSON (expected an array of objects)")
+
+
+def _ingest_json(con: Any, source: Path, out: Path, *, ndjson: bool) -> IngestResult:
+    fmt = _json_format(source, ndjson)
+    # sample_size=-1: the schema comes from every record, not the first ones.
+    relation = f"read_json({_lit(str(source))}, format={_lit(fmt)}, records=true, sample_size=-1)"
+    try:
+        rows, columns = _copy_typed(con, relation, out)
+    except duckdb.Error as exc:
+        reason = _first_line(exc)
+        if "expected records" in reason:
+            reason = "the JSON holds values that are not objects (or no records at all)"
+        raise NotATable(f"not a table: {reason}") from None
+    if rows == 0:
+        raise NotATable("not a table: no records")
+    return IngestResult(out, rows, columns, [], 0, "utf-8", None)
+
+
+def _ingest_parquet(con: Any, source: Path, out: Path) -> IngestResult:
+    """Check the file, then write it again with DuckDB.
+
+    Rewriting (rather than reusing the upload) gives a file whose types are the six this
+    hub knows, whose column names are unique, and whose row groups and compression come from
+    one writer, whatever produced the upload.
+    """
+    try:
+        expected = pq.ParquetFile(source).metadata.num_rows
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError... for a bad file
+        raise NotATable(f"not a readable Parquet file: {_first_line(exc)}") from None
+    try:
+        rows, columns = _copy_typed(con, f"read_parquet({_lit(str(source))})", out)
+    except duckdb.Error as exc:
+        raise NotATable(f"not a readable Parquet file: {_first_line(exc)}") from None
+    if rows != expected:
+        raise NotATable(f"not a readable Parquet file: {rows} rows read, {expected} declared")
+    return IngestResult(out, rows, columns, [], 0, None, None)
+
+
+# --- profile ------------------------------------------------------------------------------
+
+
+def profile(
+    parquet: Path, columns: list[Column], *, memory_limit: str = "512MB", threads: int = 2
+) -> dict[str, dict[str, Any]]:
+    """Per column: nulls, distinct_estimate, min, max and the 5 most frequent values.
+
+    Values are JSON-ready: dates and timestamps as ISO strings, non-finite doubles as null,
+    long text cut to 200 characters.
+    """
+    src = f"read_parquet({_lit(str(parquet))})"
+    # Not next to the Parquet file: that folder may be a content-addressed store.
+    with _connect(None, memory_limit, threads) as con:
+        parts = []
+        for c in columns:
+            v = _ident(c.name)
+            parts += [
+                f"count(*) - count({v})",
+                f"approx_count_distinct({v})",
+                f"min({v})",
+                f"max({v})",
+            ]
+        row = _one(con, f"SELECT {', '.join(parts)} FROM {src}") if parts else ()
+        stats: dict[str, dict[str, Any]] = {}
+        for k, c in enumerate(columns):
+            nulls, distinct, low, high = row[k * 4 : k * 4 + 4]
+            stats[c.name] = {
+                "nulls": int(nulls),
+                "distinct_estimate": int(distinct),
+                "min": _jsonable(low),
+                "max": _jsonable(high),
+                "top": _top(con, src, c.name),
+            }
+        return stats
+
+
+def _top(con: Any, src: str, name: str) -> list[dict[str, Any]]:
+    v = _ident(name)
+    rows = con.execute(
+        f"SELECT {v}, count(*) AS n FROM {src} WHERE {v} IS NOT NULL"
+        f" GROUP BY {v} ORDER BY n DESC, {v} LIMIT 5"
+    ).fetchall()
+    return [{"value": _jsonable(value), "count": int(n)} for value, n in rows]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return _shown(value)
+    return value

@@ -1,0 +1,363 @@
+"""Which files are tables, their stable SQL names, their ingest, and access to them.
+
+A table is derived from a file's bytes and the options it is read with, so identical
+uploads share one Parquet. Every lookup goes through the catalog's access check: a table
+the caller may not read does not exist for them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, select, update
+
+import khazna.tables.ingest as ingesting
+from khazna import db
+from khazna.access.accounts import Principal
+from khazna.access.policy import AccessPolicy
+from khazna.catalog.service import Catalog, FileEntry
+from khazna.checksums import file_sha256
+from khazna.errors import BadRequest, Conflict, NotFound, Unprocessable
+from khazna.jobs.queue import Job, JobQueue, PermanentFailure
+from khazna.storage.blobstore import LocalBlobStore
+from khazna.tables.query import Column, TableRef
+
+log = logging.getLogger("khazna.tables")
+
+INGEST_JOB = "ingest_table"
+_OPTION_NAMES = ("encoding", "delimiter", "header", "sheet")
+
+
+def parse_table_options(params: Mapping[str, str]) -> dict[str, Any]:
+    """Declared reading options from a query string; refused with a 400 when malformed."""
+    out: dict[str, Any] = {}
+    if enc := params.get("encoding"):
+        try:
+            out["encoding"] = codecs.lookup(enc).name
+        except LookupError as exc:
+            raise BadRequest(f"unknown text encoding {enc!r}", field="encoding") from exc
+    if (delim := params.get("delimiter")) is not None:
+        delim = "\t" if delim in ("\\t", "tab") else delim
+        if len(delim) != 1:
+            raise BadRequest("delimiter must be one character (or 'tab')", field="delimiter")
+        out["delimiter"] = delim
+    if (header := params.get("header")) is not None:
+        if header.lower() not in ("true", "false", "1", "0"):
+            raise BadRequest("header must be true or false", field="header")
+        out["header"] = header.lower() in ("true", "1")
+    if sheet := params.get("sheet"):
+        out["sheet"] = sheet
+    return out
+
+
+def options_key(options: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(dict(options), sort_keys=True).encode()).hexdigest()
+
+
+def sql_identifier(org: str, dataset: str, file_name: str) -> str:
+    """``org_dataset_stem`` in lowercase letters, digits and underscores."""
+    stem = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    raw = f"{org}_{dataset}_{stem}".lower()
+    name = re.sub(r"_+", "_", re.sub(r"[^a-z0-9_]", "_", raw)).strip("_")
+    return name if not name[:1].isdigit() else f"t_{name}"
+
+
+class Tables:
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: Catalog,
+        policy: AccessPolicy,
+        blobs: LocalBlobStore,
+        derived: LocalBlobStore,
+        queue: JobQueue,
+        work_dir: Path,
+        memory_limit: str = "512MB",
+        threads: int = 2,
+    ) -> None:
+        self.engine = engine
+        self.catalog = catalog
+        self.policy = policy
+        self.blobs = blobs
+        self.derived = derived
+        self.queue = queue
+        self.work_dir = work_dir
+        self.memory_limit = memory_limit
+        self.threads = threads
+        work_dir.mkdir(parents=True, exist_ok=True)
+        catalog.version_hooks.append(self.on_version)
+
+    # scheduling ------------------------------------------------------------------------
+
+    def on_version(
+        self, conn: Connection, dataset_id: int, files: list[FileEntry]
+    ) -> dict[str, int]:
+        """In the commit's transaction: name each table file, queue the ingests it needs."""
+        org, dataset = self._names(conn, dataset_id)
+        jobs: dict[str, int] = {}
+        for f in files:
+            if not ingesting.is_table(f.name):
+                continue
+            self._ensure_sql_name(conn, dataset_id, org, dataset, f.name)
+            key = options_key(f.table_options)
+            if self._asset(conn, f.sha256, key) is not None:
+                continue
+            pending = self._pending_job(conn, f.sha256, key)
+            jobs[f.name] = (
+                pending
+                if pending is not None
+                else self.queue.enqueue(
+                    conn,
+                    INGEST_JOB,
+                    {
+                        "source_sha256": f.sha256,
+                        "options": f.table_options,
+                        "options_key": key,
+                        "file_name": f.name,
+                    },
+                    dataset_id=dataset_id,
+                    file_name=f.name,
+                )
+            )
+        return jobs
+
+    def _names(self, conn: Connection, dataset_id: int) -> tuple[str, str]:
+        d, o = db.datasets, db.organizations
+        row = conn.execute(
+            select(o.c.name, d.c.name.label("ds"))
+            .join(o, o.c.id == d.c.org_id)
+            .where(d.c.id == dataset_id)
+        ).one()
+        return str(row.name), str(row.ds)
+
+    def _ensure_sql_name(
+        self, conn: Connection, dataset_id: int, org: str, dataset: str, file_name: str
+    ) -> str:
+        t = db.table_names
+        existing = conn.execute(
+            select(t.c.sql_name).where(t.c.dataset_id == dataset_id, t.c.file_name == file_name)
+        ).scalar()
+        if existing is not None:
+            return str(existing)
+        base = sql_identifier(org, dataset, file_name)
+        taken = set(
+            conn.execute(select(t.c.sql_name).where(t.c.sql_name.like(f"{base}%"))).scalars()
+        )
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        conn.execute(t.insert().values(dataset_id=dataset_id, file_name=file_name, sql_name=name))
+        return name
+
+    def _asset(self, conn: Connection, sha: str, key: str) -> Any:
+        a = db.table_assets
+        return conn.execute(
+            select(a).where(a.c.source_sha256 == sha, a.c.options_key == key)
+        ).first()
+
+    def _pending_job(self, conn: Connection, sha: str, key: str) -> int | None:
+        j = db.jobs
+        for row in conn.execute(
+            select(j.c.id, j.c.payload).where(
+                j.c.kind == INGEST_JOB, j.c.state.in_(("queued", "running"))
+            )
+        ):
+            if row.payload.get("source_sha256") == sha and row.payload.get("options_key") == key:
+                return int(row.id)
+        return None
+
+    # the ingest job --------------------------------------------------------------------
+
+    def run_ingest(self, job: Job) -> dict[str, Any]:
+        sha, key = job.payload["source_sha256"], job.payload["options_key"]
+        with self.engine.connect() as conn:
+            if self._asset(conn, sha, key) is not None:
+                return {"status": "already ingested"}
+        work = self.work_dir / f"job-{job.id}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            options = ingesting.IngestOptions(**job.payload["options"])
+            try:
+                result = ingesting.ingest(
+                    self.blobs.path_of(sha),
+                    job.payload["file_name"],
+                    work,
+                    options,
+                    memory_limit=self.memory_limit,
+                    threads=self.threads,
+                )
+            except ingesting.NotATable as exc:
+                self._record(sha, key, status="failed", error=str(exc))
+                raise PermanentFailure(str(exc)) from exc
+            digest = file_sha256(result.parquet)
+            self.derived.place(result.parquet, digest, result.parquet.stat().st_size)
+            columns = [{"name": c.name, "type": c.type} for c in result.columns]
+            self._record(
+                sha,
+                key,
+                status="ready",
+                parquet_sha256=digest,
+                rows=result.rows,
+                columns=columns,
+                problems=[p.__dict__ for p in result.problems],
+                problem_count=result.problem_count,
+                encoding=result.encoding,
+                delimiter=result.delimiter,
+            )
+            # Queryable from here on; the profile only adds statistics.
+            stats = ingesting.profile(
+                self.derived.path_of(digest),
+                result.columns,
+                memory_limit=self.memory_limit,
+                threads=self.threads,
+            )
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(db.table_assets)
+                    .where(
+                        db.table_assets.c.source_sha256 == sha, db.table_assets.c.options_key == key
+                    )
+                    .values(profile=stats)
+                )
+            return {
+                "rows": result.rows,
+                "parquet_sha256": digest,
+                "problem_count": result.problem_count,
+            }
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _record(self, sha: str, key: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                db.insert_ignore(
+                    conn,
+                    db.table_assets,
+                    {"source_sha256": sha, "options_key": key, "created_at": db.utcnow(), **values},
+                )
+            )
+
+    # reading -----------------------------------------------------------------------------
+
+    def describe(self, files: list[FileEntry], dataset_id: int) -> dict[str, dict[str, Any]]:
+        """The ``table`` entry of each table file of a version, by file name."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            names = {
+                r.file_name: r.sql_name
+                for r in conn.execute(
+                    select(db.table_names).where(db.table_names.c.dataset_id == dataset_id)
+                )
+            }
+            for f in files:
+                if not ingesting.is_table(f.name):
+                    continue
+                key = options_key(f.table_options)
+                asset = self._asset(conn, f.sha256, key)
+                entry: dict[str, Any] = {"sql_name": names.get(f.name)}
+                if asset is None:
+                    entry |= {"status": "pending", "job": self._pending_job(conn, f.sha256, key)}
+                elif asset.status == "failed":
+                    entry |= {"status": "failed", "error": asset.error}
+                else:
+                    entry |= {
+                        "status": "ready",
+                        "rows": asset.rows,
+                        "columns": asset.columns,
+                        "problem_count": asset.problem_count,
+                    }
+                out[f.name] = entry
+        return out
+
+    def annotate(self, dataset: dict[str, Any]) -> dict[str, Any]:
+        """A dataset's metadata with ``table`` added to each of its table files."""
+        with self.engine.connect() as conn:
+            dataset_id = self.catalog.dataset_id(conn, dataset["org"], dataset["name"])
+            files = self.catalog.files_of(conn, dataset_id, dataset["version"])
+        tables = self.describe(files, dataset_id)
+        for f in dataset["files"]:
+            if f["name"] in tables:
+                f["table"] = tables[f["name"]]
+        return dataset
+
+    def table(
+        self, who: Principal, org: str, name: str, file_name: str, version: int | None = None
+    ) -> tuple[TableRef, Any]:
+        """The table of a file the caller may read, with its asset row; 404/409/422 else."""
+        ref = self.catalog.resolve_file(who, org, name, file_name, version)
+        if not ingesting.is_table(file_name):
+            raise NotFound(f"{file_name!r} is not a table")
+        with self.engine.connect() as conn:
+            dataset_id = self.catalog.dataset_id(conn, org, name)
+            key = options_key(ref.file.table_options)
+            asset = self._asset(conn, ref.file.sha256, key)
+            sql_name = conn.execute(
+                select(db.table_names.c.sql_name).where(
+                    db.table_names.c.dataset_id == dataset_id,
+                    db.table_names.c.file_name == file_name,
+                )
+            ).scalar()
+            pending = None if asset is not None else self._pending_job(conn, ref.file.sha256, key)
+        if asset is None:
+            raise Conflict(
+                f"table {file_name!r} is being prepared (job {pending}); try again soon",
+                job=pending,
+            )
+        if asset.status != "ready":
+            raise Unprocessable(f"{file_name!r} could not be read as a table: {asset.error}")
+        return self._ref(str(sql_name), asset), asset
+
+    def _ref(self, sql_name: str, asset: Any) -> TableRef:
+        return TableRef(
+            sql_name=sql_name,
+            parquet=self.derived.path_of(asset.parquet_sha256),
+            rows=int(asset.rows),
+            columns=[Column(c["name"], c["type"]) for c in asset.columns],
+        )
+
+    def readable(self, who: Principal, sql_names: set[str]) -> dict[str, TableRef]:
+        """The current tables among ``sql_names`` that the caller may read.
+
+        Names the caller may not read, or that do not exist, are simply absent.
+        """
+        if not sql_names:
+            return {}
+        t, d, v, vf = db.table_names, db.datasets, db.versions, db.version_files
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.sql_name, d.c.access, d.c.org_id, vf.c.sha256, vf.c.table_options)
+                .join(d, d.c.id == t.c.dataset_id)
+                .join(v, and_(v.c.dataset_id == d.c.id, v.c.number == d.c.current_version))
+                .join(vf, and_(vf.c.version_id == v.c.id, vf.c.name == t.c.file_name))
+                .where(t.c.sql_name.in_(sorted(sql_names)))
+            ).all()
+            out: dict[str, TableRef] = {}
+            for r in rows:
+                if not self.policy.can_read(who, r):
+                    continue
+                asset = self._asset(conn, r.sha256, options_key(r.table_options or {}))
+                if asset is None:
+                    raise Conflict(f"table {r.sql_name} is being prepared; try again soon")
+                if asset.status == "ready":
+                    out[str(r.sql_name)] = self._ref(str(r.sql_name), asset)
+        return out
+
+    def known_parquet(self) -> list[str]:
+        a = db.table_assets
+        with self.engine.connect() as conn:
+            return [
+                str(sha)
+                for sha in conn.execute(
+                    select(a.c.parquet_sha256).where(a.c.status == "ready")
+                ).scalars()
+            ]
