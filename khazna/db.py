@@ -180,6 +180,8 @@ jobs = Table(
     Column("max_attempts", Integer, nullable=False, default=3),
     Column("worker", String(64), nullable=True),
     _ts("heartbeat_at", nullable=True),
+    # A job that failed waits until then before it is tried again.
+    _ts("run_after", nullable=True),
     Column("error", Text, nullable=True),
     Column("result", JSON, nullable=True),
     Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=True),

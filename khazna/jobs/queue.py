@@ -32,9 +32,11 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, engine: Engine, lease_s: float = 30.0) -> None:
+    def __init__(self, engine: Engine, lease_s: float = 30.0, retry_backoff_s: float = 2.0) -> None:
         self.engine = engine
         self.lease = timedelta(seconds=lease_s)
+        # A failed attempt n waits retry_backoff_s * 2**(n-1) before the next one.
+        self.retry_backoff_s = retry_backoff_s
         # Set when a job is queued in this process, so an idle runner wakes at once.
         self.wake = threading.Event()
 
@@ -71,7 +73,7 @@ class JobQueue:
         j = db.jobs
         now = db.utcnow()
         claimable = or_(
-            j.c.state == "queued",
+            and_(j.c.state == "queued", or_(j.c.run_after.is_(None), j.c.run_after <= now)),
             and_(j.c.state == "running", j.c.heartbeat_at < now - self.lease),
         )
         with self.engine.begin() as conn:
@@ -133,15 +135,24 @@ class JobQueue:
     def finish(self, job_id: int, result: dict[str, Any]) -> None:
         self._end(job_id, state="done", result=result, error=None)
 
-    def fail(self, job_id: int, error: str, *, retry: bool) -> None:
+    def fail(self, job_id: int, error: str, *, retry: bool, attempts: int = 1) -> None:
         if retry:
-            # Back in the queue; claim() gives up once attempts are used up.
-            self._end(job_id, state="queued", result=None, error=error)
+            # Back in the queue after a pause; claim() gives up once attempts are used up.
+            wait = timedelta(seconds=self.retry_backoff_s * 2 ** (attempts - 1))
+            self._end(
+                job_id, state="queued", result=None, error=error, run_after=db.utcnow() + wait
+            )
         else:
             self._end(job_id, state="failed", result=None, error=error)
 
     def _end(
-        self, job_id: int, *, state: str, result: dict[str, Any] | None, error: str | None
+        self,
+        job_id: int,
+        *,
+        state: str,
+        result: dict[str, Any] | None,
+        error: str | None,
+        run_after: Any = None,
     ) -> None:
         with self.engine.begin() as conn:
             conn.execute(
@@ -152,6 +163,7 @@ class JobQueue:
                     result=result,
                     error=error,
                     worker=None,
+                    run_after=run_after,
                     updated_at=db.utcnow(),
                 )
             )

@@ -79,7 +79,10 @@ class JobRunner:
         except Exception as exc:
             log.exception("job %s (%s) failed on attempt %s", job.id, job.kind, job.attempts)
             self.queue.fail(
-                job.id, f"{type(exc).__name__}: {exc}", retry=job.attempts < job.max_attempts
+                job.id,
+                f"{type(exc).__name__}: {exc}",
+                retry=job.attempts < job.max_attempts,
+                attempts=job.attempts,
             )
         else:
             self.queue.finish(job.id, result)

@@ -769,12 +769,14 @@ def _shown(text: str) -> str:
 def _ragged_problems(con: Any, src: _Csv, rejects: str) -> tuple[list[Problem], int]:
     """Rows DuckDB skipped (wrong number of fields, broken quoting): listed and counted."""
     total = _one(con, f"SELECT count(DISTINCT line) FROM {rejects}")[0]
+    # DuckDB may record a row twice; its line (a record counter) tells them apart.
     rows = con.execute(
-        "SELECT coalesce(line_byte_position, byte_position, 0), error_type, error_message,"
-        " csv_line"
-        f" FROM {rejects} ORDER BY byte_position LIMIT {MAX_PROBLEMS}"
+        "SELECT DISTINCT ON (line) coalesce(line_byte_position, byte_position, 0),"
+        f" error_type, error_message, coalesce(csv_line, '') FROM {rejects}"
+        f" ORDER BY line, byte_position LIMIT {MAX_PROBLEMS}"
     ).fetchall()
-    lines = _lines_at(src.path, [int(r[0]) for r in rows], src.dialect.newline)
+    starts = [_row_start(src.path, int(r[0]), r[3]) for r in rows]
+    lines = _lines_at(src.path, starts, src.dialect.newline)
     problems = []
     for (_, error_type, error_message, csv_line), line in zip(rows, lines, strict=True):
         found = _FOUND.search(error_message or "")
@@ -782,40 +784,49 @@ def _ragged_problems(con: Any, src: _Csv, rejects: str) -> tuple[list[Problem], 
             why = f"expected {src.width} fields, found {found.group(1)}"
         else:
             why = _first_line(Exception(error_message or error_type)).rstrip(".")
+        shown = _shown(csv_line.lstrip("\r\n"))
         problems.append(
-            Problem(
-                "ragged_row",
-                line,
-                None,
-                _shown(csv_line or ""),
-                f"line {line}: {why}; row skipped",
-            )
+            Problem("ragged_row", line, None, shown, f"line {line}: {why}; row skipped")
         )
     return problems, int(total)
 
 
-def _lines_at(path: Path, positions: list[int], newline: bytes) -> list[int]:
-    """1-based line of each byte position: newlines before it, plus one.
+def _row_start(path: Path, position: int, csv_line: str) -> int:
+    """The byte offset where a rejected row's own text starts.
+
+    DuckDB's position is sometimes 1-based, and after blank lines its line text starts with
+    them; the text is looked for at both readings and the blank lines are stepped over.
+    """
+    text = csv_line.encode("utf-8")
+    body = len(text) - len(text.lstrip(b"\r\n"))
+    with path.open("rb") as f:
+        for offset in (position - 1, position):
+            f.seek(max(offset, 0))
+            if offset >= 0 and f.read(len(text)) == text:
+                return offset + body
+    return max(position - 1, 0) + body
+
+
+def _lines_at(path: Path, offsets: list[int], newline: bytes) -> list[int]:
+    """1-based line of each byte offset: the newlines before it, plus one.
 
     DuckDB's own line count skips newlines inside quotes; a person opening the file in an
-    editor counts them, so the physical line is reported. Counting up to (not before) the
-    position gives the same answer whether DuckDB's position is the line's first byte or the
-    one after it.
+    editor counts them, so the physical line is reported.
     """
-    wanted = sorted(set(positions))
+    wanted = sorted(set(offsets))
     found: dict[int, int] = {}
-    newlines, offset, k = 0, 0, 0
+    newlines, start, k = 0, 0, 0
     with path.open("rb") as f:
         while k < len(wanted):
             chunk = f.read(_CHUNK)
-            while k < len(wanted) and (not chunk or wanted[k] <= offset + len(chunk)):
-                found[wanted[k]] = newlines + chunk[: wanted[k] - offset].count(newline) + 1
+            while k < len(wanted) and (not chunk or wanted[k] < start + len(chunk)):
+                found[wanted[k]] = newlines + chunk[: wanted[k] - start].count(newline) + 1
                 k += 1
             if not chunk:
                 break
             newlines += chunk.count(newline)
-            offset += len(chunk)
-    return [found[p] for p in positions]
+            start += len(chunk)
+    return [found[o] for o in offsets]
 
 
 def _bad_value_problems(

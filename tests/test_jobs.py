@@ -1,0 +1,117 @@
+"""The job queue: claimed once, taken up when a worker dies, tried a bounded number of times."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import update
+
+from khazna import db
+from khazna.jobs import Job, JobQueue, JobRunner, PermanentFailure
+
+
+def queue(tmp_path: Path, lease_s: float = 30.0, retry_backoff_s: float = 0.0) -> JobQueue:
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    db.create_schema(engine)
+    return JobQueue(engine, lease_s=lease_s, retry_backoff_s=retry_backoff_s)
+
+
+def add(q: JobQueue, payload: dict, max_attempts: int = 3) -> int:
+    with q.engine.begin() as conn:
+        return q.enqueue(conn, "test", payload, max_attempts=max_attempts)
+
+
+def test_jobs_are_claimed_oldest_first_and_only_once(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    first, second = add(q, {"n": 1}), add(q, {"n": 2})
+    a, b = q.claim("worker-a"), q.claim("worker-b")
+    assert (a.id, a.payload, a.attempts) == (first, {"n": 1}, 1)  # type: ignore[union-attr]
+    assert (b.id, b.payload) == (second, {"n": 2})  # type: ignore[union-attr]
+    assert q.claim("worker-c") is None
+    assert q.get(first)["state"] == "running"
+
+
+def test_a_job_whose_worker_stopped_beating_is_taken_up_again(tmp_path: Path) -> None:
+    q = queue(tmp_path, lease_s=0.2)
+    job_id = add(q, {"n": 1})
+    assert q.claim("dead-worker") is not None
+    assert q.claim("other") is None  # the lease still holds
+    time.sleep(0.3)
+    again = q.claim("other")
+    assert again is not None and (again.id, again.attempts) == (job_id, 2)
+
+
+def test_a_job_is_given_up_after_its_attempts(tmp_path: Path) -> None:
+    q = queue(tmp_path, lease_s=0.05)
+    job_id = add(q, {}, max_attempts=2)
+    for _ in range(2):
+        assert q.claim("crashing") is not None
+        time.sleep(0.1)
+    assert q.claim("crashing") is None
+    job = q.get(job_id)
+    assert (job["state"], job["attempts"], job["error"]) == (
+        "failed",
+        3,
+        "gave up after 2 attempts",
+    )
+
+
+def test_the_runner_retries_errors_but_not_permanent_failures(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    calls: list[int] = []
+
+    def flaky(job: Job) -> dict:
+        calls.append(job.id)
+        if job.payload["kind"] == "not-a-table":
+            raise PermanentFailure("not a table: no columns")
+        if job.attempts == 1:
+            raise OSError("disk hiccup")
+        return {"ok": job.attempts}
+
+    runner = JobRunner(q, {"test": flaky})
+    flaky_id = add(q, {"kind": "flaky"})
+    bad_id = add(q, {"kind": "not-a-table"})
+    assert runner.run_pending() == 3
+    assert q.get(flaky_id) | {"created_at": None, "updated_at": None} == {
+        "id": flaky_id,
+        "kind": "test",
+        "state": "done",
+        "attempts": 2,
+        "max_attempts": 3,
+        "error": None,
+        "result": {"ok": 2},
+        "dataset_id": None,
+        "file": None,
+        "created_at": None,
+        "updated_at": None,
+    }
+    bad = q.get(bad_id)
+    assert (bad["state"], bad["attempts"], bad["error"]) == ("failed", 1, "not a table: no columns")
+    # With no backoff the failed job is first in line again.
+    assert calls == [flaky_id, flaky_id, bad_id]
+
+
+def test_a_failed_attempt_waits_before_the_next(tmp_path: Path) -> None:
+    q = queue(tmp_path, retry_backoff_s=0.3)
+    job_id = add(q, {})
+    job = q.claim("w")
+    assert job is not None
+    q.fail(job_id, "OSError: disk hiccup", retry=True, attempts=job.attempts)
+    assert q.claim("w") is None  # not yet
+    time.sleep(0.35)
+    again = q.claim("w")
+    assert again is not None and again.attempts == 2
+    assert q.get(job_id)["error"] == "OSError: disk hiccup"
+
+
+def test_a_restarted_hub_requeues_what_was_running(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    job_id = add(q, {})
+    assert q.claim("killed-process") is not None
+    # A long lease: only the restart can free it.
+    with q.engine.begin() as conn:
+        conn.execute(update(db.jobs).values(heartbeat_at=db.utcnow()))
+    assert q.requeue_running() == 1
+    again = q.claim("new-process")
+    assert again is not None and (again.id, again.attempts) == (job_id, 2)
