@@ -442,6 +442,21 @@ def test_a_table_absent_from_the_mapping_does_not_exist(regions: TableRef):
         Sandbox({"regions": regions}).run("SELECT * FROM cities")
 
 
+def test_a_pooled_database_never_shows_a_table_outside_the_callers_set(
+    regions: TableRef, cities: TableRef
+):
+    from khazna.tables import query
+
+    both = {"regions": regions, "cities": cities}
+    assert run_json(both, "SELECT count(*) FROM cities", 10)["rows"] == [[cities.rows]]
+    pooled = len(query._pool)
+    assert run_json(both, "SELECT count(*) FROM regions", 10)["rows"] == [[5]]
+    assert len(query._pool) == pooled  # the same set reuses its database
+    # A caller allowed only regions gets another database, where cities does not exist.
+    with pytest.raises(BadRequest, match="Table with name cities does not exist"):
+        Sandbox({"regions": regions}).run("SELECT * FROM cities")
+
+
 def test_python_variables_are_not_tables(regions: TableRef):
     secret = pa.table({"password": ["hunter2"]})
     assert secret.num_rows == 1

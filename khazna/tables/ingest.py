@@ -507,7 +507,9 @@ def _header_names(path: Path, dialect: _Dialect, sniffed: list[str]) -> list[str
             f.readline()
         try:
             raw: list[str | None] = list(next(csv.reader(f, **fmt), []))
-        except (csv.Error, UnicodeDecodeError):
+        except UnicodeDecodeError as exc:
+            raise _NotUtf8(exc.start) from None
+        except csv.Error:
             return _unique_names(sniffed)
     return _unique_names((raw + [None] * width)[:width])
 
