@@ -12,7 +12,7 @@ from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
 from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import LocalBlobStore
-from khazna.tables.registry import INGEST_JOB, Tables
+from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 
 
 @dataclass
@@ -53,7 +53,10 @@ class Hub:
             settings.home / "work",
             memory_limit=settings.ingest_memory_limit,
         )
-        self.runner = JobRunner(self.jobs, {INGEST_JOB: self.tables.run_ingest})
+        self.runner = JobRunner(
+            self.jobs,
+            {INGEST_JOB: self.tables.run_ingest, PROFILE_JOB: self.tables.run_profile},
+        )
         self.uploads = UploadSessions(
             self.engine,
             self.catalog,

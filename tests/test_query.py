@@ -442,6 +442,19 @@ def test_a_table_absent_from_the_mapping_does_not_exist(regions: TableRef):
         Sandbox({"regions": regions}).run("SELECT * FROM cities")
 
 
+def test_a_filtered_total_is_counted_once_per_filter(regions: TableRef):
+    from khazna.tables import query
+
+    filters = [("population", "gt", "1000")]
+    first = read_rows(regions, filters=filters, limit=1)
+    cached = len(query._counts)
+    assert read_rows(regions, filters=filters, limit=1, offset=1)["total"] == first["total"]
+    assert len(query._counts) == cached
+    # Another filter is another count.
+    read_rows(regions, filters=[("population", "lt", "1000")], limit=1)
+    assert len(query._counts) == cached + 1
+
+
 def test_a_pooled_database_never_shows_a_table_outside_the_callers_set(
     regions: TableRef, cities: TableRef
 ):

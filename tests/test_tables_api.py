@@ -139,8 +139,12 @@ def test_schema_and_profile(census: Api) -> None:
     schema = census.http.get(base + "/schema").json()
     assert (schema["sql_name"], schema["rows"], schema["encoding"]) == (REGIONS_SQL, 12, "utf-8")
     assert schema["problem_count"] == 0
-    profile = census.http.get(base + "/profile").json()
-    assert profile["status"] == "ready"
+    # Statistics come from a job of their own, after the table is queryable.
+    deadline = time.monotonic() + 30
+    while (profile := census.http.get(base + "/profile").json())["status"] != "ready":
+        assert profile["status"] == "pending" and profile["columns"] is None
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     population = profile["columns"]["population_2024"]
     assert (population["nulls"], population["min"], population["max"]) == (0, 219965, 7688967)
 

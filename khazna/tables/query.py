@@ -304,10 +304,28 @@ def _fetch_page(
     return rows, (int(last[width]), last[width + 1] if order is not None else None)
 
 
+# Filtered totals by (Parquet file, WHERE clause, parameters). A table's Parquet is
+# content-addressed and never changes, so a count stays true: paging through a filter
+# counts its rows once, not once a page.
+COUNT_CACHE_SIZE = 4096
+_counts: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+_counts_lock = threading.Lock()
+
+
 def _count(cur: duckdb.DuckDBPyConnection, table: TableRef, query: _Query) -> int:
+    key = (str(table.parquet), query.sql(), tuple(str(p) for p in query.params))
+    with _counts_lock:
+        if (known := _counts.get(key)) is not None:
+            _counts.move_to_end(key)
+            return known
     sql = f"SELECT count(*) FROM read_parquet(?) {query.sql()}"
     found = cur.execute(sql, [str(table.parquet), *query.params]).fetchone()
-    return int(found[0]) if found else 0
+    total = int(found[0]) if found else 0
+    with _counts_lock:
+        _counts[key] = total
+        if len(_counts) > COUNT_CACHE_SIZE:
+            _counts.popitem(last=False)
+    return total
 
 
 def _fingerprint(table: TableRef, order: _Sort | None, filters: Sequence[Filter]) -> str:

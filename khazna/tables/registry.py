@@ -33,6 +33,7 @@ from khazna.tables.query import Column, TableRef
 log = logging.getLogger("khazna.tables")
 
 INGEST_JOB = "ingest_table"
+PROFILE_JOB = "profile_table"
 _OPTION_NAMES = ("encoding", "delimiter", "header", "sheet")
 
 
@@ -214,21 +215,9 @@ class Tables:
                 encoding=result.encoding,
                 delimiter=result.delimiter,
             )
-            # Queryable from here on; the profile only adds statistics.
-            stats = ingesting.profile(
-                self.derived.path_of(digest),
-                result.columns,
-                memory_limit=self.memory_limit,
-                threads=self.threads,
-            )
+            # Queryable from here on; the statistics come from a job of their own.
             with self.engine.begin() as conn:
-                conn.execute(
-                    update(db.table_assets)
-                    .where(
-                        db.table_assets.c.source_sha256 == sha, db.table_assets.c.options_key == key
-                    )
-                    .values(profile=stats)
-                )
+                self.queue.enqueue(conn, PROFILE_JOB, {"source_sha256": sha, "options_key": key})
             return {
                 "rows": result.rows,
                 "parquet_sha256": digest,
@@ -236,6 +225,27 @@ class Tables:
             }
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def run_profile(self, job: Job) -> dict[str, Any]:
+        sha, key = job.payload["source_sha256"], job.payload["options_key"]
+        with self.engine.connect() as conn:
+            asset = self._asset(conn, sha, key)
+        if asset is None or asset.status != "ready":
+            raise PermanentFailure("the table to profile does not exist")
+        columns = [ingesting.Column(c["name"], c["type"]) for c in asset.columns]
+        stats = ingesting.profile(
+            self.derived.path_of(asset.parquet_sha256),
+            columns,
+            memory_limit=self.memory_limit,
+            threads=self.threads,
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(db.table_assets)
+                .where(db.table_assets.c.source_sha256 == sha, db.table_assets.c.options_key == key)
+                .values(profile=stats)
+            )
+        return {"columns": len(stats)}
 
     def _record(self, sha: str, key: str, **values: Any) -> None:
         with self.engine.begin() as conn:
