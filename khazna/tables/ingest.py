@@ -6,16 +6,20 @@ work folder, so a file larger than memory converts in bounded RSS. The source is
 CSV types come from the whole file, not a sample. Every value is read as text and a type is
 kept when its failures are a small minority: a stray "N/A" deep in a numeric column becomes
 null and a `Problem` with its line, instead of aborting or turning the column into text.
-A full census of every candidate type over every value would cost more than the conversion
+A census of every candidate type over every value would cost more than the conversion
 itself, so it is spent only where it can change the answer:
 
-1. A census of the first rows proposes a type per column.
-2. Columns whose proposal had no failure there are converted optimistically: the COPY raises
-   on the first value that does not fit, which proves "no failure in the whole file" for
-   free when it does not raise.
-3. The other columns (text, mixed, or with a failure in the sample) get the exact census
-   over the whole file before the COPY. If the optimistic COPY raised, the census runs for
-   those columns too and the COPY runs again.
+1. A census of the first SAMPLE_ROWS rows proposes a type per column. When the file is no
+   longer than that, the sample is the whole file and the answer is exact.
+2. Columns typed with no failure in the sample are converted optimistically: the COPY raises
+   on the first value that does not fit, so a COPY that goes through proves there is none.
+   If it raises, those columns get the census over the whole file and the COPY runs again.
+3. Columns with failures already in the sample, or no values in it, get the census over the
+   whole file before the COPY.
+4. Columns that are text in the sample are usually text for good: a type failing on more
+   than FAILURE_PERCENT of a file's rows cannot fit, and the sample alone shows that for
+   files up to about 100 times its size. Beyond, those columns get the census after the
+   COPY, which runs again only if one of them turns out typed.
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ SAMPLE_ROWS = 100_000
 _CHUNK = 1 << 20  # 1 MiB: transcoding and scanning buffers
 _DETECT_BYTES = 4 << 20  # what charset-normalizer looks at
 _HEAD = 64 << 10  # what the binary check looks at
+# DuckDB's default of 2 MB is short for CSV files carrying geometries as WKT. Its read
+# buffers grow with this (16 lines' worth each by default), so they are set to two lines:
+# within a 512 MB limit, 16 MB lines with default buffers run out of memory.
+_MAX_LINE = 8 << 20
+_READ_BUFFER = 2 * _MAX_LINE
+_LINE_OPTIONS = (f"max_line_size={_MAX_LINE}", f"buffer_size={_READ_BUFFER}")
 _SHOWN_VALUE = 200  # characters of a value or line quoted in a problem or a profile
 _GUARD = "khazna-guard"  # marks the optimistic COPY's deliberate error
 
@@ -187,9 +197,11 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, path: Path | None = None) -> str:
+    """The gist of an error, for the dataset page: so it names no server path."""
     lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+    line = lines[0] if lines else type(exc).__name__
+    return line.replace(str(path), "the file") if path is not None else line
 
 
 def _unique_names(raw: Sequence[str | None]) -> list[str]:
@@ -329,21 +341,26 @@ def _ingest_text(
     encoding = _declared_encoding(options.encoding) if options.encoding else _head_encoding(head)
     if encoding is None or encoding.codec != "utf-16":
         _check_text(head, whole=source.stat().st_size <= _HEAD)
-    text = source
-    if encoding is not None and not encoding.is_utf8:
-        text = work_dir / "source.utf-8.csv"
-        _transcode(source, text, encoding)
+    utf8 = work_dir / "source.utf-8.csv"  # the transcoded copy, when one is needed
     try:
-        table = _csv_to_parquet(con, text, options, out)
-    except _NotUtf8 as exc:
-        if encoding is not None:  # declared (or transcoded) and still not UTF-8
-            raise NotATable(f"not valid {encoding.label} near byte {exc.offset + 1}") from None
-        encoding = _detect_encoding(source, exc.offset)
-        text = work_dir / "source.utf-8.csv"
-        _transcode(source, text, encoding)
-        table = _csv_to_parquet(con, text, options, out)
-    if text != source:
-        text.unlink()
+        text = source
+        if encoding is not None and not encoding.is_utf8:
+            _transcode(source, utf8, encoding)
+            text = utf8
+        try:
+            table = _csv_to_parquet(con, text, options, out)
+        except _NotUtf8 as exc:
+            if encoding is not None:  # declared (or transcoded) and still not UTF-8
+                raise NotATable(f"not valid {encoding.label} near byte {exc.offset + 1}") from None
+            # DuckDB checks UTF-8 as it reads, which spares a pass over the file in Python.
+            encoding = _detect_encoding(source, exc.offset)
+            _transcode(source, utf8, encoding)
+            try:
+                table = _csv_to_parquet(con, utf8, options, out)
+            except _NotUtf8:  # transcoded text is UTF-8: DuckDB meant something else
+                raise NotATable("not a table: DuckDB could not read the text") from None
+    finally:
+        utf8.unlink(missing_ok=True)
     return IngestResult(
         out,
         table.rows,
@@ -389,6 +406,7 @@ class _Csv:
             f"skip={d.skip}",
             "auto_detect=false",
             f"columns={{{columns}}}",
+            *_LINE_OPTIONS,
         ]
         if d.comment:
             options.append(f"comment={_lit(d.comment)}")
@@ -433,12 +451,21 @@ def _csv_to_parquet(con: Any, path: Path, options: IngestOptions, out: Path) -> 
     return _Table(rows, columns, problems[:MAX_PROBLEMS], ragged_count + bad_count, dialect)
 
 
-def _duck_error(exc: duckdb.Error) -> Exception:
-    """DuckDB's complaint about a text file, as the exception this module raises."""
+def _duck_error(exc: duckdb.Error, path: Path) -> Exception:
+    """DuckDB's complaint about a text file, as the exception this module raises.
+
+    The message goes to the dataset page: it names no server path.
+    """
     message = str(exc)
-    if "unicode" in message.lower() or "utf-8" in message.lower():
+    if "Invalid unicode" in message:
         return _NotUtf8(0)
-    return NotATable(f"not a table: {_first_line(exc)}")
+    if "Error when sniffing file" in message:
+        reason = "no consistent CSV layout (delimiter, quoting, line endings) was found"
+    elif "reached an invalid state" in message:
+        reason = "the CSV is malformed (mixed line endings or unbalanced quotes?)"
+    else:
+        reason = _first_line(exc, path)
+    return NotATable(f"not a table: {reason}")
 
 
 def _sniff(con: Any, path: Path, options: IngestOptions) -> tuple[_Dialect, list[str]]:
@@ -447,7 +474,7 @@ def _sniff(con: Any, path: Path, options: IngestOptions) -> tuple[_Dialect, list
     ignore_errors lets it see past ragged rows, which otherwise make it give up on the real
     delimiter. The names are DuckDB's (blanks and repeats renamed its own way).
     """
-    args = [_lit(str(path)), "ignore_errors=true"]
+    args = [_lit(str(path)), "ignore_errors=true", *_LINE_OPTIONS]
     if options.delimiter:
         args.append(f"delim={_lit(options.delimiter)}")
     if options.header is not None:
@@ -459,7 +486,7 @@ def _sniff(con: Any, path: Path, options: IngestOptions) -> tuple[_Dialect, list
     try:
         row = _one(con, sql)
     except duckdb.Error as exc:
-        raise _duck_error(exc) from None
+        raise _duck_error(exc, path) from None
     delimiter, quote, escape, header, skip, comment, newline, names = row
     if not names:
         raise NotATable("not a table: no columns found")
@@ -521,51 +548,62 @@ def _header_names(path: Path, dialect: _Dialect, sniffed: list[str]) -> list[str
 _RE_BIGINT = r"\s*-?(0|[1-9][0-9]*)\s*"
 # An integer of more than 16 digits is an identifier too (a double would round it).
 _RE_DOUBLE = r"\s*-?((0|[1-9][0-9]{0,15})|(0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*"
-_RE_ISO_SECONDS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}"
 _DATE_SHAPE = "ascii({v}) BETWEEN 48 AND 57 AND ({v} LIKE '____-%' OR {v} LIKE '____/%')"
 
 
 @dataclass(frozen=True)
 class _Rule:
-    """How text becomes one candidate type: value = CASE WHEN test THEN cast END.
+    """How text becomes one candidate type: ``value`` is SQL giving the typed value, or NULL
+    when the text is not one.
 
-    ``first`` is a cheaper test that every value passing ``test`` passes too. The census,
-    which also meets text columns, puts it in front so text costs almost nothing; the COPY,
-    which applies a type to the column it fits, leaves it out. Same values either way.
+    Regular expressions state the rules but cost more than the conversion itself, so
+    ``value`` first tries a cheap test that decides the common, well-formed values and
+    leaves only the rest to the expression. ``first`` is cheaper still and true of every
+    value that converts: the census, which also meets text columns, checks it before
+    ``value`` so that text costs almost nothing; the COPY does without it. Same values
+    either way (tests/test_ingest.py checks).
     """
 
     first: str
-    test: str
-    cast: str
+    value: str
 
 
+_NUMBER_START = "(ascii({v}) BETWEEN 48 AND 57 OR ascii({v}) IN (32, 45, 46))"
 _RULES = {
     # Only words: 0/1 are counts more often than flags.
     "BOOLEAN": _Rule(
         "ascii({v}) IN (70, 84, 102, 116)",
-        "length({v}) <= 5 AND lower({v}) IN ('true', 'false')",
-        "lower({v}) = 'true'",
+        "CASE WHEN length({v}) <= 5 AND lower({v}) IN ('true', 'false')"
+        " THEN lower({v}) = 'true' END",
     ),
+    # Canonical integers are those that read back the same.
     "BIGINT": _Rule(
-        "(ascii({v}) BETWEEN 48 AND 57 OR ascii({v}) IN (32, 45))",
-        f"regexp_full_match({{v}}, '{_RE_BIGINT}')",
-        "try_cast({v} AS BIGINT)",
+        _NUMBER_START,
+        "CASE WHEN CAST(try_cast({v} AS BIGINT) AS VARCHAR) = {v}"
+        f" OR regexp_full_match({{v}}, '{_RE_BIGINT}') THEN try_cast({{v}} AS BIGINT) END",
     ),
+    # A first digit 1-9, "0." or "-" then 1-9, short and without "_": DuckDB's cast accepts
+    # such text exactly when the expression does.
     "DOUBLE": _Rule(
-        "(ascii({v}) BETWEEN 48 AND 57 OR ascii({v}) IN (32, 45, 46))",
-        f"regexp_full_match({{v}}, '{_RE_DOUBLE}')",
-        "try_cast({v} AS DOUBLE)",
+        _NUMBER_START,
+        "CASE WHEN (ascii({v}) BETWEEN 49 AND 57 OR {v} LIKE '0.%'"
+        " OR ({v} LIKE '-%' AND ascii(substr({v}, 2, 1)) BETWEEN 49 AND 57))"
+        " AND strlen({v}) <= 16 AND NOT contains({v}, '_')"
+        f" OR regexp_full_match({{v}}, '{_RE_DOUBLE}') THEN try_cast({{v}} AS DOUBLE) END",
     ),
     # Longer text would be a timestamp, which a DATE cast silently truncates.
-    "DATE": _Rule("true", f"{_DATE_SHAPE} AND length({{v}}) <= 10", "try_cast({v} AS DATE)"),
+    "DATE": _Rule(
+        "ascii({v}) BETWEEN 48 AND 57",
+        f"CASE WHEN {_DATE_SHAPE} AND length({{v}}) <= 10 THEN try_cast({{v}} AS DATE) END",
+    ),
     # Anything but plain "YYYY-MM-DD HH:MM:SS" goes through TIMESTAMPTZ: unlike a TIMESTAMP
     # cast it rejects trailing junk, and it converts offsets ("Z", "+01:00") to UTC. It is
-    # slower, so the common shape takes the direct cast, which gives the same value.
+    # slower, so the plain shape takes the direct cast, which gives the same value.
     "TIMESTAMP": _Rule(
-        "true",
-        _DATE_SHAPE,
-        f"CASE WHEN regexp_full_match({{v}}, '{_RE_ISO_SECONDS}') THEN try_cast({{v}} AS TIMESTAMP)"
-        " ELSE CAST(try_cast({v} AS TIMESTAMPTZ) AS TIMESTAMP) END",
+        "ascii({v}) BETWEEN 48 AND 57",
+        "CASE WHEN {v} LIKE '____-__-__ __:__:__' OR {v} LIKE '____-__-__T__:__:__'"
+        " THEN try_cast({v} AS TIMESTAMP)"
+        f" WHEN {_DATE_SHAPE} THEN CAST(try_cast({{v}} AS TIMESTAMPTZ) AS TIMESTAMP) END",
     ),
 }
 _BLANK = r"(ascii({v}) IN (9, 10, 13, 32) AND regexp_full_match({v}, '\s*'))"
@@ -585,8 +623,8 @@ def _convert(type_: str, v: str, *, census: bool = False) -> str:
     if type_ == VARCHAR:
         return v
     rule = _RULES[type_]
-    test = f"{rule.first} AND {rule.test}" if census and rule.first != "true" else rule.test
-    return _sql(f"CASE WHEN {test} THEN {rule.cast} END", v)
+    value = f"CASE WHEN {rule.first} THEN {rule.value} END" if census else rule.value
+    return _sql(value, v)
 
 
 @dataclass(frozen=True)
@@ -664,7 +702,7 @@ def _plan(con: Any, src: _Csv) -> _Plan:
     try:
         sampled, sample = _census(con, sample_sql, range(src.width))
     except duckdb.Error as exc:
-        raise _duck_error(exc) from None
+        raise _duck_error(exc, src.path) from None
     _raise_if_not_utf8(con, rejects)
     plan = _Plan({i: VARCHAR for i in sample}, {}, set(), {})
     if sampled < SAMPLE_ROWS:  # the sample is the whole file: its census is exact
@@ -754,7 +792,7 @@ def _copy_csv(
     except duckdb.Error as exc:
         if _GUARD in str(exc):
             raise
-        raise _duck_error(exc) from None
+        raise _duck_error(exc, src.path) from None
     _raise_if_not_utf8(con, rejects)
     return int(row[0]), rejects
 
@@ -888,34 +926,41 @@ def _record_lines(src: _Csv, found: list[tuple[int, int, str]]) -> list[int | No
     answer is checked against the value DuckDB saw; a mismatch gives None, never a wrong line.
     """
     fmt = _python_dialect(src.dialect)
-    if fmt is None or not found:
-        return [None] * len(found)
-    wanted = {ordinal for ordinal, _, _ in found}
     rows: dict[int, tuple[int, list[str]]] = {}
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))  # DuckDB's lines go to 2 MB+
+    if fmt is not None and found:
+        with contextlib.suppress(csv.Error):  # a file the csv module cannot walk: no lines
+            _walk_records(src, fmt, {ordinal for ordinal, _, _ in found}, rows)
+    lines: list[int | None] = []
+    for ordinal, i, value in found:
+        line, record = rows.get(ordinal, (None, []))
+        lines.append(line if record and record[i] == value else None)
+    return lines
+
+
+def _walk_records(
+    src: _Csv, fmt: dict[str, Any], wanted: set[int], rows: dict[int, tuple[int, list[str]]]
+) -> None:
+    """Fill ``rows`` with (first line, fields) of the kept rows numbered in ``wanted``."""
+    # A process-wide setting, only ever raised: records as long as DuckDB accepts.
+    csv.field_size_limit(max(csv.field_size_limit(), _MAX_LINE))
+    skip = src.dialect.skip
     with src.path.open(encoding="utf-8-sig", newline="") as f:
-        for _ in range(src.dialect.skip):
+        for _ in range(skip):
             f.readline()
         reader = csv.reader(f, **fmt)
-        end = src.dialect.skip
         if src.dialect.header:
             next(reader, None)
-            end = src.dialect.skip + reader.line_num
+        end = skip + reader.line_num  # the last line read so far
         ordinal = -1
         for record in reader:
-            start, end = end + 1, src.dialect.skip + reader.line_num
+            start, end = end + 1, skip + reader.line_num
             if len(record) != src.width or _is_comment(record, src.dialect):
                 continue
             ordinal += 1
             if ordinal in wanted:
                 rows[ordinal] = (start, record)
                 if len(rows) == len(wanted):
-                    break
-    lines: list[int | None] = []
-    for ordinal, i, value in found:
-        line, record = rows.get(ordinal, (None, []))
-        lines.append(line if record and record[i] == value else None)
-    return lines
+                    return
 
 
 def _is_comment(record: list[str], dialect: _Dialect) -> bool:
@@ -942,12 +987,11 @@ def _ingest_xlsx(
 ) -> IngestResult:
     """The sheet as a UTF-8 CSV, then the CSV path, so types are inferred the same way."""
     text = work_dir / "sheet.csv"
-    _sheet_to_csv(source, options.sheet, text)
-    declared = IngestOptions(delimiter=",", header=True)
     try:
-        table = _csv_to_parquet(con, text, declared, out)
+        _sheet_to_csv(source, options.sheet, text)
+        table = _csv_to_parquet(con, text, IngestOptions(delimiter=",", header=True), out)
     finally:
-        text.unlink()
+        text.unlink(missing_ok=True)
     return IngestResult(
         out, table.rows, table.columns, table.problems, table.problem_count, None, None
     )
@@ -957,7 +1001,7 @@ def _sheet_to_csv(source: Path, sheet: str | None, target: Path) -> None:
     try:
         book = python_calamine.CalamineWorkbook.from_path(str(source))
     except Exception as exc:  # calamine raises several unrelated types for a bad file
-        raise NotATable(f"not a readable XLSX file: {_first_line(exc)}") from None
+        raise NotATable(f"not a readable XLSX file: {_first_line(exc, source)}") from None
     try:
         names = book.sheet_names
         if not names:
@@ -1017,6 +1061,8 @@ def _mapped(v: str, duck_type: str) -> tuple[str, str]:
     Integers that may not fit BIGINT (UBIGINT, HUGEINT) become text rather than wrong.
     """
     t = duck_type.upper()
+    if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION")):  # before "TIMESTAMP[]"
+        return f"CAST(to_json({v}) AS VARCHAR)", VARCHAR
     if t == "BOOLEAN" or t == "DATE":
         return v, t
     if t in _INTEGERS:
@@ -1030,8 +1076,6 @@ def _mapped(v: str, duck_type: str) -> tuple[str, str]:
             f"CASE WHEN json_type({v}) = 'VARCHAR' THEN {v} ->> '$' ELSE CAST({v} AS VARCHAR) END",
             VARCHAR,
         )
-    if t.endswith("]") or t.startswith(("STRUCT", "MAP", "UNION")):
-        return f"CAST(to_json({v}) AS VARCHAR)", VARCHAR
     return f"CAST({v} AS VARCHAR)", VARCHAR
 
 
@@ -1052,7 +1096,7 @@ def _copy_typed(con: Any, relation_sql: str, out: Path) -> tuple[int, list[Colum
 
 
 def _json_start(source: Path) -> bytes:
-    """The first two non-blank lines' opening, to tell an array from records from an object."""
+    """The file's start past a byte order mark and blanks: enough to tell its shape."""
     with source.open("rb") as f:
         head = f.read(_HEAD)
     if head.startswith(codecs.BOM_UTF8):
@@ -1083,7 +1127,7 @@ def _ingest_json(con: Any, source: Path, out: Path, *, ndjson: bool) -> IngestRe
     try:
         rows, columns = _copy_typed(con, relation, out)
     except duckdb.Error as exc:
-        reason = _first_line(exc)
+        reason = _first_line(exc, source)
         if "expected records" in reason:
             reason = "the JSON holds values that are not objects (or no records at all)"
         raise NotATable(f"not a table: {reason}") from None
@@ -1102,11 +1146,11 @@ def _ingest_parquet(con: Any, source: Path, out: Path) -> IngestResult:
     try:
         expected = pq.ParquetFile(source).metadata.num_rows
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError... for a bad file
-        raise NotATable(f"not a readable Parquet file: {_first_line(exc)}") from None
+        raise NotATable(f"not a readable Parquet file: {_first_line(exc, source)}") from None
     try:
         rows, columns = _copy_typed(con, f"read_parquet({_lit(str(source))})", out)
     except duckdb.Error as exc:
-        raise NotATable(f"not a readable Parquet file: {_first_line(exc)}") from None
+        raise NotATable(f"not a readable Parquet file: {_first_line(exc, source)}") from None
     if rows != expected:
         raise NotATable(f"not a readable Parquet file: {rows} rows read, {expected} declared")
     return IngestResult(out, rows, columns, [], 0, None, None)
