@@ -660,9 +660,19 @@ def test_search_syntax_is_read_as_plain_words(demo: Api, typed: str, as_words: s
     assert search(demo, q=typed) == search(demo, q=as_words)
 
 
-@pytest.mark.parametrize("typed", ["a\x00b", "\x00", "x" * 5000, "é" * 300, "donnees " * 200])
-def test_odd_input_never_breaks_search(demo: Api, typed: str) -> None:
-    search(demo, q=typed)
+@pytest.mark.parametrize(
+    ("typed", "same_as"),
+    [
+        ("a\x00b", "a b"),  # a NUL separates words like a space
+        ("\x00", "!"),  # no word at all: nothing found
+        ("x" * 5000, "xyzzy"),  # a word found nowhere
+        ("é" * 300, "xyzzy"),
+        ("donnees " * 200, "donnees"),  # repeating a word changes nothing
+    ],
+)
+def test_odd_input_never_breaks_search(demo: Api, typed: str, same_as: str) -> None:
+    assert search(demo, q=typed) == search(demo, q=same_as)
+    assert search(demo, q="xyzzy")["count"] == 0
 
 
 @pytest.mark.parametrize(
