@@ -78,32 +78,29 @@ class Hub:
         self.runner.stop()
 
     def verify(self) -> VerifyReport:
-        """Re-hash every blob the catalog refers to; report missing or damaged ones."""
+        """Re-hash every blob and derived table the catalog refers to; report damage."""
         report = VerifyReport()
         for sha, size in self.catalog.known_blobs():
-            report.blobs_checked += 1
-            if not self.blobs.exists(sha):
-                report.problems.append(f"blob {sha} is missing")
-                continue
-            actual_size = self.blobs.size(sha)
-            if actual_size != size:
-                report.problems.append(
-                    f"blob {sha} has {actual_size} bytes, the catalog recorded {size}"
-                )
-                continue
-            actual = self.blobs.rehash(sha)
-            if actual != sha:
-                report.problems.append(f"blob {sha} is damaged: its content hashes to {actual}")
+            _check(report, self.blobs, sha, "blob", size)
         for sha in self.tables.known_parquet():
-            report.blobs_checked += 1
-            if not self.derived.exists(sha):
-                report.problems.append(f"derived table {sha} is missing")
-            elif (actual := self.derived.rehash(sha)) != sha:
-                report.problems.append(
-                    f"derived table {sha} is damaged: its content hashes to {actual}"
-                )
+            _check(report, self.derived, sha, "derived table")
         return report
 
     def close(self) -> None:
         self.stop_workers()
         self.engine.dispose()
+
+
+def _check(
+    report: VerifyReport, store: LocalBlobStore, sha: str, what: str, size: int | None = None
+) -> None:
+    """One content-addressed file: present, of the recorded size, hashing to its name."""
+    report.blobs_checked += 1
+    if not store.exists(sha):
+        report.problems.append(f"{what} {sha} is missing")
+        return
+    if size is not None and (actual_size := store.size(sha)) != size:
+        report.problems.append(f"{what} {sha} has {actual_size} bytes, the catalog recorded {size}")
+        return
+    if (actual := store.rehash(sha)) != sha:
+        report.problems.append(f"{what} {sha} is damaged: its content hashes to {actual}")
