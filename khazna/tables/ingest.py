@@ -381,6 +381,8 @@ class _Dialect:
     skip: int  # lines before the header
     comment: str
     newline: bytes  # b"\r" for old Mac files, else b"\n"
+    # False for files mixing CRLF and LF line ends, which DuckDB reads only when not strict.
+    strict: bool = True
 
 
 _READS = count()
@@ -410,6 +412,8 @@ class _Csv:
         ]
         if d.comment:
             options.append(f"comment={_lit(d.comment)}")
+        if not d.strict:
+            options.append("strict_mode=false")
         if rejects:
             options += ["store_rejects=true", f"rejects_table={_lit(rejects)}"]
             options.append(f"rejects_scan={_lit(rejects + '_scan')}")
@@ -474,7 +478,10 @@ def _sniff(con: Any, path: Path, options: IngestOptions) -> tuple[_Dialect, list
     ignore_errors lets it see past ragged rows, which otherwise make it give up on the real
     delimiter. The names are DuckDB's (blanks and repeats renamed its own way).
     """
+    strict = not _mixed_line_ends(path)
     args = [_lit(str(path)), "ignore_errors=true", *_LINE_OPTIONS]
+    if not strict:
+        args.append("strict_mode=false")
     if options.delimiter:
         args.append(f"delim={_lit(options.delimiter)}")
     if options.header is not None:
@@ -508,8 +515,18 @@ def _sniff(con: Any, path: Path, options: IngestOptions) -> tuple[_Dialect, list
         skip=int(skip),
         comment=given(comment),
         newline=b"\r" if newline == "\\r" else b"\n",
+        strict=strict,
     )
     return dialect, [str(n) for n in names]
+
+
+def _mixed_line_ends(path: Path) -> bool:
+    """Whether the file's start has lines ending in CRLF and others in a bare LF (files edited
+    on two systems, or concatenated). DuckDB's strict reader finds no layout in them."""
+    with path.open("rb") as f:
+        head = f.read(_DETECT_BYTES)
+    crlf = head.count(b"\r\n")
+    return 0 < crlf < head.count(b"\n")
 
 
 def _has_quote(path: Path) -> bool:
