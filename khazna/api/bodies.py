@@ -17,7 +17,9 @@ async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[
     stream = request.stream().__aiter__()
     while True:
         try:
-            chunk = await asyncio.wait_for(stream.__anext__(), idle_timeout_s)
+            # A timer handle per chunk; asyncio.wait_for would start a task for each.
+            async with asyncio.timeout(idle_timeout_s):
+                chunk = await stream.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
