@@ -21,6 +21,12 @@ from khazna.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorize
 from khazna.storage.blobstore import StoredBlob
 
 MAX_TAGS = 50
+# How many times a commit that lost a race with another writer starts again.
+COMMIT_ATTEMPTS = 20
+
+
+class _Raced(Exception):
+    """Another writer moved the dataset's version between our read and our write."""
 
 
 @dataclass(frozen=True)
@@ -143,13 +149,12 @@ class Catalog:
             if user_row is None:
                 raise NotFound(f"no user named {user!r}")
             conn.execute(
-                delete(db.memberships).where(
-                    db.memberships.c.org_id == org_row.id,
-                    db.memberships.c.user_id == user_row.id,
+                db.upsert(
+                    conn,
+                    db.memberships,
+                    {"org_id": org_row.id, "user_id": user_row.id, "role": role},
+                    update=["role"],
                 )
-            )
-            conn.execute(
-                insert(db.memberships).values(org_id=org_row.id, user_id=user_row.id, role=role)
             )
 
     def roles_by_name(self, who: Principal) -> dict[str, str]:
@@ -417,15 +422,41 @@ class Catalog:
         *,
         message: str = "",
         table_options: Mapping[str, dict[str, Any]] | None = None,
+        also: Callable[[Connection, int], None] | None = None,
     ) -> CommittedVersion:
         """Make a new version from the current one with ``changes`` applied.
 
         ``changes`` maps file names to their new blob, or None to remove the file. The
         blobs must already be stored. A change that alters nothing makes no version.
+        ``also`` runs in the commit's transaction with the version number; what it
+        raises undoes the commit.
         """
         table_options = table_options or {}
         for file_name in changes:
             check_file_name(file_name)
+        # Two writers of one dataset may both read version n and both make n + 1: the
+        # unique (dataset, number) lets one win, and the other starts again from n + 1.
+        # The same retry covers other collisions of the commit (a table's SQL name).
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return self._commit_once(who, org, name, changes, message, table_options, also=also)
+            except (IntegrityError, _Raced) as exc:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise Conflict(
+                        f"{org}/{name} kept changing during the commit; try again"
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def _commit_once(
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        changes: Mapping[str, StoredBlob | None],
+        message: str,
+        table_options: Mapping[str, dict[str, Any]],
+        also: Callable[[Connection, int], None] | None,
+    ) -> CommittedVersion:
         with self._begin() as conn:
             row = self._writable_row(conn, who, org, name)
             current = {f.name: f for f in self.files_of(conn, row.id, row.current_version)}
@@ -445,6 +476,8 @@ class Catalog:
                     )
             ordered = sorted(files.values(), key=lambda f: f.name)
             if files == current and row.current_version > 0:
+                if also is not None:
+                    also(conn, row.current_version)
                 return CommittedVersion(row.id, row.current_version, ordered, {})
             number = row.current_version + 1
             now = db.utcnow()
@@ -481,11 +514,13 @@ class Catalog:
                 .values(current_version=number, updated_at=now)
             ).rowcount
             if moved != 1:
-                raise Conflict(f"{org}/{name} changed during the upload; try again")
+                raise _Raced()
             self.search.index(conn, row.id)
             jobs: dict[str, int] = {}
             for hook in self.version_hooks:
                 jobs.update(hook(conn, int(row.id), ordered))
+            if also is not None:
+                also(conn, number)
         return CommittedVersion(int(row.id), number, ordered, jobs)
 
     def known_blobs(self) -> Iterable[tuple[str, int]]:
