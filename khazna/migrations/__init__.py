@@ -7,8 +7,10 @@ change to ``db.py`` without its migration fails the suite. How to add one: docs/
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -22,10 +24,16 @@ INITIAL = "0001"
 # Held while one process migrates, so hubs starting together on one PostgreSQL
 # database do not create the same tables twice. Any fixed number: "khazna" in ASCII.
 _PG_LOCK = 0x6B68617A6E61
+_running = threading.Lock()
 
 # Tables outside ``db.metadata``: the search index, which differs by database (SQLite
 # FTS5 and its shadow tables, a tsvector table on PostgreSQL), made by the migrations.
 UNMANAGED_PREFIX = "dataset_search"
+
+
+def include_name(name: str | None, type_: str, _parents: Any) -> bool:
+    """What autogenerate compares: everything but the search index."""
+    return not (type_ == "table" and name is not None and name.startswith(UNMANAGED_PREFIX))
 
 
 def config(connection: Connection | None = None) -> Config:
@@ -48,10 +56,18 @@ def current(connection: Connection) -> str | None:
 
 
 def upgrade(engine: Engine) -> None:
-    """``alembic upgrade head``; a database made before migrations is stamped first."""
-    with engine.begin() as conn:
+    """``alembic upgrade head``; a database made before migrations is stamped first.
+
+    One process migrates at a time, in one transaction; the others wait for it, then
+    find the database at head.
+    """
+    # Alembic keeps its running migration in module globals: one thread at a time.
+    with _running, engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+        else:
+            # Takes SQLite's write lock now, before reading the revision.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         revision = current(conn)
         if revision == head():
             return

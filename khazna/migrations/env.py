@@ -3,18 +3,12 @@ connects to ``KHAZNA_DATABASE_URL`` (or the SQLite file of ``KHAZNA_HOME``)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import context
 from sqlalchemy import Connection
 
 from khazna import db
 from khazna.config import Settings
-from khazna.migrations import UNMANAGED_PREFIX
-
-
-def include_name(name: str | None, type_: str, _parents: Any) -> bool:
-    return not (type_ == "table" and name is not None and name.startswith(UNMANAGED_PREFIX))
+from khazna.migrations import include_name
 
 
 def run(connection: Connection) -> None:
