@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from khazna import db
 from khazna.access.accounts import Principal
@@ -27,6 +27,16 @@ COMMIT_ATTEMPTS = 20
 
 class _Raced(Exception):
     """Another writer moved the dataset's version between our read and our write."""
+
+
+# PostgreSQL's unique violation, deadlock, serialization failure.
+_RACE_STATES = {"23505", "40P01", "40001"}
+
+
+def _lost_race(exc: Exception) -> bool:
+    if isinstance(exc, _Raced | IntegrityError):
+        return True
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _RACE_STATES
 
 
 @dataclass(frozen=True)
@@ -254,19 +264,28 @@ class Catalog:
                 insert(db.dataset_tags), [{"dataset_id": dataset_id, "tag": t} for t in tags]
             )
 
-    def _dataset_row(self, conn: Connection, org: str, name: str) -> Row[Any]:
+    def _dataset_row(
+        self, conn: Connection, org: str, name: str, *, lock: bool = False
+    ) -> Row[Any]:
         d, o = db.datasets, db.organizations
-        row = conn.execute(
+        query = (
             select(d, o.c.name.label("org_name"))
             .join(o, o.c.id == d.c.org_id)
             .where(o.c.name == org, d.c.name == name)
-        ).first()
+        )
+        if lock:
+            # PostgreSQL: writers of one dataset queue here rather than race (SQLite has
+            # one writer at a time already and renders no FOR UPDATE).
+            query = query.with_for_update(of=d)
+        row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"no dataset {org}/{name}")
         return row
 
-    def _visible_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
-        row = self._dataset_row(conn, org, name)
+    def _visible_row(
+        self, conn: Connection, who: Principal, org: str, name: str, *, lock: bool = False
+    ) -> Row[Any]:
+        row = self._dataset_row(conn, org, name, lock=lock)
         if not self.policy.can_see(who, row):
             # A dataset the caller may not see does not exist for them.
             raise NotFound(f"no dataset {org}/{name}")
@@ -286,8 +305,10 @@ class Catalog:
             )
         return row
 
-    def _writable_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
-        row = self._visible_row(conn, who, org, name)
+    def _writable_row(
+        self, conn: Connection, who: Principal, org: str, name: str, *, lock: bool = False
+    ) -> Row[Any]:
+        row = self._visible_row(conn, who, org, name, lock=lock)
         if not self.policy.can_write(who, int(row.org_id)):
             raise _denied(who, f"writing to {org}/{name} needs the editor role in {org!r}")
         return row
@@ -434,13 +455,16 @@ class Catalog:
         table_options = table_options or {}
         for file_name in changes:
             check_file_name(file_name)
-        # Two writers of one dataset may both read version n and both make n + 1: the
-        # unique (dataset, number) lets one win, and the other starts again from n + 1.
-        # The same retry covers other collisions of the commit (a table's SQL name).
+        # Writers of one dataset queue on its row. Should two still both read version n
+        # and both make n + 1, the unique (dataset, number) lets one win, and the other
+        # starts again from n + 1; the same retry covers the commit's other collisions (a
+        # table's SQL name taken by another dataset meanwhile, a deadlock).
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 return self._commit_once(who, org, name, changes, message, table_options, also=also)
-            except (IntegrityError, _Raced) as exc:
+            except (DBAPIError, _Raced) as exc:
+                if not _lost_race(exc):
+                    raise
                 if attempt == COMMIT_ATTEMPTS:
                     raise Conflict(
                         f"{org}/{name} kept changing during the commit; try again"
@@ -458,7 +482,7 @@ class Catalog:
         also: Callable[[Connection, int], None] | None,
     ) -> CommittedVersion:
         with self._begin() as conn:
-            row = self._writable_row(conn, who, org, name)
+            row = self._writable_row(conn, who, org, name, lock=True)
             current = {f.name: f for f in self.files_of(conn, row.id, row.current_version)}
             files = dict(current)
             for file_name, blob in changes.items():
@@ -481,7 +505,8 @@ class Catalog:
                 return CommittedVersion(row.id, row.current_version, ordered, {})
             number = row.current_version + 1
             now = db.utcnow()
-            for entry in files.values():
+            # In one order, so that two commits sharing blobs cannot deadlock.
+            for entry in sorted(files.values(), key=lambda f: f.sha256):
                 conn.execute(
                     db.insert_ignore(
                         conn,
