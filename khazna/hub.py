@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
 from khazna import db
 from khazna.access import AccessPolicy, Accounts
 from khazna.catalog.search import make_search_index
@@ -30,7 +33,15 @@ class Hub:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         self.engine = db.make_engine(settings.database_url)
-        db.create_schema(self.engine)
+        try:
+            db.create_schema(self.engine)
+        except OperationalError as exc:
+            where = make_url(db.engine_url(settings.database_url))
+            reason = str(exc.orig).strip().splitlines()[0]
+            raise ValueError(
+                "cannot open the metadata database "
+                f"{where.render_as_string(hide_password=True)}: {reason}"
+            ) from exc
         self.blobs = LocalBlobStore(settings.blob_dir, settings.tmp_dir)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
