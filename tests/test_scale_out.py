@@ -19,13 +19,14 @@ from khazna.app import create_app
 from khazna.config import Settings
 from khazna.hub import Hub
 from khazna.jobs import Job, JobRunner
-from tests.conftest import ON_POSTGRES
+from tests.conftest import DATA, ON_POSTGRES, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(
     not ON_POSTGRES,
     reason="several hubs share a database only on PostgreSQL: set KHAZNA_TEST_DATABASE_URL",
 )
 ORG = "haut-commissariat"
+SQL_NAME = "haut_commissariat_rgph_regions"
 
 
 @pytest.fixture
@@ -240,3 +241,45 @@ def test_a_commit_that_collides_with_another_hubs_in_flight_starts_again(
         assert list(names) == ["hcp_rgph_menages_menages", "hcp_rgph_menages_menages_2"]
     described = first.tables.annotate(first.catalog.dataset(who, "hcp-rgph", "menages"))
     assert described["files"][0]["table"]["sql_name"] == "hcp_rgph_menages_menages_2"
+
+
+def test_two_khazna_serve_processes_serve_one_hub(tmp_path: Path) -> None:
+    home = tmp_path / "shared"
+    home.mkdir()
+    first = start_server(home)
+    second = start_server(home, token=first.token)
+    try:
+        with first.client(timeout=30) as a, second.client(timeout=30) as b:
+            assert a.post("/api/v1/organizations", json={"name": ORG}).status_code == 201
+            assert b.post("/api/v1/datasets", json={"org": ORG, "name": "rgph"}).status_code == 201
+            regions = (DATA / "tables" / "morocco_regions_rgph2024.csv").read_bytes()
+            put = a.put(f"/api/v1/datasets/{ORG}/rgph/files/regions.csv", content=regions)
+            assert (put.status_code, put.json()["version"]) == (200, 1)
+            job = put.json()["job"]["id"]
+            deadline = time.monotonic() + 60
+            while b.get(f"/api/v1/jobs/{job}").json()["state"] != "done":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            answer = b.post("/api/v1/sql", json={"sql": f"SELECT count(*) FROM {SQL_NAME}"})
+            assert answer.json()["rows"] == [[12]]
+
+            start = threading.Barrier(6)
+            versions: list[int] = []
+
+            def write(n: int) -> None:
+                http = a if n % 2 else b
+                start.wait()
+                r = http.put(f"/api/v1/datasets/{ORG}/rgph/files/note-{n}.txt", content=b"n")
+                versions.append(r.json()["version"])
+
+            threads = [threading.Thread(target=write, args=(n,)) for n in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(versions) == [2, 3, 4, 5, 6, 7]
+            got = a.get(f"/api/v1/datasets/{ORG}/rgph").json()
+            assert (got["version"], len(got["files"])) == (7, 7)
+    finally:
+        stop_server(first)
+        stop_server(second)
