@@ -232,16 +232,30 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def engine_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3, the driver Khazna ships with."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
 def make_engine(url: str) -> Engine:
+    url = engine_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True)
+    raise ValueError(f"KHAZNA_DATABASE_URL must be an sqlite:/// or postgresql:// URL, got {url!r}")
 
 
 def create_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
+    """Bring the database to the current schema with the shipped Alembic migrations."""
+    from khazna.migrations import upgrade
+
+    upgrade(engine)
 
 
 def iso(ts: datetime | None) -> str | None:
@@ -253,8 +267,7 @@ def iso(ts: datetime | None) -> str | None:
     return ts.isoformat().replace("+00:00", "Z")
 
 
-def insert_ignore(engine_or_conn: Any, table: Table, values: dict[str, Any]) -> Any:
-    """INSERT that does nothing when the primary key exists (SQLite and PostgreSQL)."""
+def _dialect_insert(engine_or_conn: Any, table: Table) -> Any:
     name = engine_or_conn.dialect.name
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
@@ -262,4 +275,19 @@ def insert_ignore(engine_or_conn: Any, table: Table, values: dict[str, Any]) -> 
         from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
     else:
         raise NotImplementedError(f"unsupported database {name}")
-    return dialect_insert(table).values(**values).on_conflict_do_nothing()
+    return dialect_insert(table)
+
+
+def insert_ignore(engine_or_conn: Any, table: Table, values: dict[str, Any]) -> Any:
+    """INSERT that does nothing when the primary key exists (SQLite and PostgreSQL)."""
+    return _dialect_insert(engine_or_conn, table).values(**values).on_conflict_do_nothing()
+
+
+def upsert(engine_or_conn: Any, table: Table, values: dict[str, Any], update: list[str]) -> Any:
+    """INSERT, or UPDATE of the ``update`` columns when the primary key exists: one
+    statement, so two writers of the same row cannot collide."""
+    stmt = _dialect_insert(engine_or_conn, table).values(**values)
+    return stmt.on_conflict_do_update(
+        index_elements=list(table.primary_key.columns),
+        set_={c: stmt.excluded[c] for c in update},
+    )

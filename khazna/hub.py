@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
 from khazna import db
 from khazna.access import AccessPolicy, Accounts
-from khazna.catalog.search import SearchIndex
+from khazna.catalog.search import make_search_index
 from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
@@ -28,18 +31,21 @@ class VerifyReport:
 class Hub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        if not settings.database_url.startswith("sqlite"):
-            raise ValueError(
-                "this version of Khazna keeps its catalog in SQLite only; "
-                f"KHAZNA_DATABASE_URL={settings.database_url!r} is not supported yet"
-            )
         settings.home.mkdir(parents=True, exist_ok=True)
         self.engine = db.make_engine(settings.database_url)
-        db.create_schema(self.engine)
+        try:
+            db.create_schema(self.engine)
+        except OperationalError as exc:
+            where = make_url(db.engine_url(settings.database_url))
+            reason = str(exc.orig).strip().splitlines()[0]
+            raise ValueError(
+                "cannot open the metadata database "
+                f"{where.render_as_string(hide_password=True)}: {reason}"
+            ) from exc
         self.blobs = LocalBlobStore(settings.blob_dir, settings.tmp_dir)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
-        self.search = SearchIndex(self.engine, self.policy)
+        self.search = make_search_index(self.engine, self.policy)
         self.catalog = Catalog(self.engine, self.policy, self.search)
         self.derived = LocalBlobStore(settings.home / "derived", settings.tmp_dir)
         self.jobs = JobQueue(self.engine, lease_s=settings.job_lease_s)
@@ -71,7 +77,9 @@ class Hub:
     def start_workers(self) -> None:
         """Run queued jobs in the background; jobs a killed process left are taken up."""
         # SQLite means one hub process: whatever was running belonged to a dead process.
-        self.jobs.requeue_running()
+        # On PostgreSQL other processes may be running theirs: their lease decides.
+        if self.engine.dialect.name == "sqlite":
+            self.jobs.requeue_running()
         self.runner.start()
 
     def stop_workers(self) -> None:

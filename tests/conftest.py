@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
+from khazna import db
 from khazna.app import create_app
+from khazna.catalog.search import FTS_TABLE as SEARCH_TABLE
 from khazna.config import Settings
 from khazna.hub import Hub
 
@@ -26,6 +31,130 @@ _SHARED = REPO.parent / "shared" / "data"
 DATA = _SHARED if _SHARED.is_dir() else REPO / "khazna" / "demo" / "data"
 # Every real fixture file, SOURCES.md included: all of them must round-trip byte-exact.
 DATA_FILES = sorted(p for p in DATA.rglob("*") if p.is_file())
+
+
+# The metadata database of the tests: unset, each hub keeps its own SQLite file (the
+# embedded default); a PostgreSQL URL (e.g. postgresql://postgres@127.0.0.1:5432/postgres)
+# gives every test empty databases on that server, made (khazna_t_*) and dropped at the
+# end through that URL.
+TEST_DATABASE_URL = os.environ.get("KHAZNA_TEST_DATABASE_URL", "")
+ON_POSTGRES = TEST_DATABASE_URL.startswith(("postgresql", "postgres:"))
+
+
+class Databases:
+    """Migrated PostgreSQL databases, reused from test to test: emptied after each one
+    (rows deleted, id sequences restarted), which takes milliseconds where creating a
+    database takes most of a second."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(db.engine_url(url))
+        self.admin: Engine = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        self.made: list[str] = []
+        self.free: list[str] = []
+
+    def url_of(self, name: str) -> str:
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def blank(self) -> str:
+        """A new database with nothing in it; its URL. Dropped at the end of the session."""
+        name = f"khazna_t_{uuid.uuid4().hex[:12]}"
+        with self.admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        self.made.append(name)
+        return self.url_of(name)
+
+    def acquire(self) -> str:
+        """An empty database at the current schema; its URL."""
+        if self.free:
+            return self.free.pop()
+        url = self.blank()
+        engine = db.make_engine(url)
+        db.create_schema(engine)
+        engine.dispose()
+        return url
+
+    def release(self, url: str) -> None:
+        engine = create_engine(db.engine_url(url), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            # Whatever the test left connected (a killed server's last sessions) goes.
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            sequences = conn.execute(
+                text("SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema()")
+            ).scalars()
+            # Children before parents, so no foreign key is in the way.
+            tables = [SEARCH_TABLE, *(t.name for t in reversed(db.metadata.sorted_tables))]
+            conn.exec_driver_sql(
+                "BEGIN; "
+                + "".join(f"DELETE FROM {t}; " for t in tables)
+                + "".join(f"ALTER SEQUENCE {s} RESTART; " for s in sequences)
+                + "COMMIT"
+            )
+        engine.dispose()
+        self.free.append(url)
+
+    def close(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.made:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def databases() -> Iterator[Databases | None]:
+    if not ON_POSTGRES:
+        yield None
+        return
+    made = Databases(TEST_DATABASE_URL)
+    yield made
+    made.close()
+
+
+# The database of each hub folder a test serves (see ``database_for``).
+_homes: dict[Path, str] = {}
+_fresh: list[Callable[[], str]] = []
+
+
+@pytest.fixture(autouse=True)
+def database(databases: Databases | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
+    """On PostgreSQL, ``KHAZNA_DATABASE_URL`` names an empty database for this test: the
+    hubs it makes in-process and the commands it runs inherit it."""
+    if databases is None:
+        yield None
+        return
+    taken: list[str] = []
+
+    def fresh() -> str:
+        taken.append(databases.acquire())
+        return taken[-1]
+
+    monkeypatch.setenv("KHAZNA_DATABASE_URL", fresh())
+    _fresh.append(fresh)
+    try:
+        yield taken[0]
+    finally:
+        _fresh.clear()
+        _homes.clear()
+        for url in taken:
+            databases.release(url)
+
+
+def database_for(home: Path) -> dict[str, str]:
+    """The environment that gives a served hub folder its own database on PostgreSQL:
+    the test's database for the first folder, a fresh one for each other, the same one
+    when a folder is served again (a restart)."""
+    if not _fresh:
+        return {}
+    home = home.resolve()
+    if home not in _homes:
+        taken = set(_homes.values())
+        default = os.environ["KHAZNA_DATABASE_URL"]
+        _homes[home] = _fresh[0]() if default in taken else default
+    return {"KHAZNA_DATABASE_URL": _homes[home]}
 
 
 @pytest.fixture
@@ -104,7 +233,7 @@ def start_server(
     token: str | None = None,
 ) -> LiveServer:
     """Run `khazna serve` on ``home``; creates an admin "operator" unless given its token."""
-    env = {**os.environ, "KHAZNA_HOME": str(home), **(extra_env or {})}
+    env = {**os.environ, "KHAZNA_HOME": str(home), **database_for(home), **(extra_env or {})}
     if token is None:
         out = subprocess.run(
             khazna_cmd("users", "add", "operator", "--admin"),

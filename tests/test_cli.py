@@ -8,7 +8,9 @@ import subprocess
 from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 
+from khazna import db
 from khazna.config import Settings
 from khazna.demo import DATA_DIR, load_demo, manifest
 from khazna.hub import Hub
@@ -31,9 +33,14 @@ def test_users_add_prints_a_working_token_as_the_last_line(tmp_path: Path) -> No
     who = hub.accounts.authenticate(token)
     assert (who.name, who.is_admin) == ("amina", True)
     # Only a hash of the token is stored.
-    db_bytes = (tmp_path / "hub" / "khazna.db").read_bytes()
-    assert token.encode() not in db_bytes
-    assert hashlib.sha256(token.encode()).hexdigest().encode() in db_bytes
+    with hub.engine.connect() as conn:
+        rows = [" ".join(map(str, r)) for r in conn.execute(select(db.tokens))]
+    assert len(rows) == 1
+    assert token not in rows[0]
+    assert hashlib.sha256(token.encode()).hexdigest() in rows[0]
+    if hub.engine.dialect.name == "sqlite":  # nor anywhere in the database file
+        assert token.encode() not in (tmp_path / "hub" / "khazna.db").read_bytes()
+    hub.close()
 
     again = run("users", "add", "amina", env=env)
     assert again.returncode == 1
@@ -200,9 +207,15 @@ def test_bad_configuration_is_reported_in_one_line(tmp_path: Path) -> None:
         "KHAZNA_MAX_UPLOAD_BYTES=lots": (
             "error: KHAZNA_MAX_UPLOAD_BYTES must be a number of bytes, got 'lots'"
         ),
-        "KHAZNA_DATABASE_URL=postgresql://127.0.0.1/test": (
-            "error: this version of Khazna keeps its catalog in SQLite only; "
-            "KHAZNA_DATABASE_URL='postgresql://127.0.0.1/test' is not supported yet"
+        "KHAZNA_DATABASE_URL=mysql://127.0.0.1/khazna": (
+            "error: KHAZNA_DATABASE_URL must be an sqlite:/// or postgresql:// URL, "
+            "got 'mysql://127.0.0.1/khazna'"
+        ),
+        # Port 9 (discard) has no database behind it; the password is not printed.
+        "KHAZNA_DATABASE_URL=postgresql://khazna:secret@127.0.0.1:9/khazna": (
+            "error: cannot open the metadata database "
+            "postgresql+psycopg://khazna:***@127.0.0.1:9/khazna: connection failed: "
+            'connection to server at "127.0.0.1", port 9 failed: Connection refused'
         ),
     }
     for setting, message in cases.items():

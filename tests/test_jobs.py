@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from khazna.jobs import Job, JobQueue, JobRunner, PermanentFailure
 
 
 def queue(tmp_path: Path, lease_s: float = 30.0, retry_backoff_s: float = 0.0) -> JobQueue:
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    # The test's PostgreSQL database when the suite runs on one (tests/conftest.py).
+    engine = db.make_engine(os.environ.get("KHAZNA_DATABASE_URL") or f"sqlite:///{tmp_path}/j.db")
     db.create_schema(engine)
     return JobQueue(engine, lease_s=lease_s, retry_backoff_s=retry_backoff_s)
 

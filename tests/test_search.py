@@ -7,12 +7,17 @@ ministry's editor publishes through the API.
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from khazna.access import ANONYMOUS
+from khazna.catalog.text import fold
+from khazna.config import Settings
 from khazna.demo import load_demo, manifest
-from tests.conftest import Api
+from khazna.hub import Hub
+from tests.conftest import ON_POSTGRES, Api
 
 SEARCH = "/api/v1/search"
 ORG = "ministere-sante"
@@ -708,3 +713,42 @@ def test_snippets_keep_the_text_as_it_was_written(api: Api) -> None:
     assert found["results"][0]["snippet"] == (
         "سجلّ <mark>الصِّحَّة</mark> العامة في جهة الدار البيضاء-سطات"
     )
+
+
+# 9. the same answers from both databases -------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not ON_POSTGRES, reason="compares with PostgreSQL: set KHAZNA_TEST_DATABASE_URL"
+)
+def test_postgresql_finds_and_ranks_exactly_as_sqlite(tmp_path: Path) -> None:
+    hubs = [
+        Hub(Settings.from_env(tmp_path / "pg")),  # the test's PostgreSQL database
+        Hub(Settings(home=tmp_path / "lite", database_url=f"sqlite:///{tmp_path}/lite.db")),
+    ]
+    assert [h.engine.dialect.name for h in hubs] == ["postgresql", "sqlite"]
+    words: set[str] = set()
+    for ds in manifest()["datasets"]:
+        for text_ in [*ds["title"].values(), *ds["description"].values(), *ds["tags"]]:
+            words.update(w for w in fold(text_).replace("-", " ").split() if len(w) > 2)
+    ranked = sorted(words)
+    # Whole words, prefixes, pairs; words in Latin and Arabic script, digits.
+    queries = [*ranked[::3], *(w[:3] for w in ranked[1::7]), "transport public", "rgph_2024"]
+    queries += [f"{a} {b}" for a, b in zip(ranked[::11], ranked[5::11], strict=False)]
+    for hub in hubs:
+        load_demo(hub)
+    answers = []
+    for hub in hubs:
+        found = {}
+        for q in queries:
+            body = hub.search.search(ANONYMOUS, q, limit=100)
+            found[q] = (
+                body["count"],
+                [(r["name"], r["snippet"]) for r in body["results"]],
+                body["facets"],
+            )
+        answers.append(found)
+        hub.close()
+    assert len(queries) > 100
+    assert sum(1 for count, _, _ in answers[1].values() if count > 1) > 20  # ranking shows
+    assert answers[0] == answers[1]

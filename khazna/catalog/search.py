@@ -1,11 +1,21 @@
 """Full-text search over the catalog, with facets.
 
-The embedded default uses SQLite FTS5 with the ``unicode61`` tokenizer and
-``remove_diacritics 2``: "donnees" finds "données", Arabic is matched as written.
+One interface, two indexes chosen by the database (``make_search_index``):
+
+- SQLite: FTS5 with the ``unicode61`` tokenizer and ``remove_diacritics 2``, ranked by
+  its ``bm25``.
+- PostgreSQL: a ``tsvector`` of the same words with a GIN index for matching, ranked
+  with the same BM25 formula as FTS5, so both give the same results in the same order.
+
+Both index the *folded* text (catalog/text.py): "donnees" finds "données", Arabic is
+matched as written, whatever the database's locale.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +27,7 @@ from sqlalchemy import (
     Select,
     Table,
     Text,
+    cast,
     delete,
     distinct,
     func,
@@ -25,6 +36,8 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from khazna import db
 from khazna.access.accounts import Principal
@@ -54,18 +67,33 @@ def fts_query(q: str) -> str:
     return " ".join(f'"{t}"*' for t in terms(q))
 
 
+def make_search_index(engine: Engine, policy: AccessPolicy) -> SearchIndex:
+    """The index of the engine's database; its table is made by the migrations."""
+    if engine.dialect.name == "postgresql":
+        return PostgresSearchIndex(engine, policy)
+    return SqliteSearchIndex(engine, policy)
+
+
 class SearchIndex:
+    """Indexes datasets inside the catalog's transactions; searches with facets."""
+
     def __init__(self, engine: Engine, policy: AccessPolicy) -> None:
         self.engine = engine
         self.policy = policy
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5("
-                    "title, description, tags, files, org, "
-                    "tokenize='unicode61 remove_diacritics 2')"
-                )
-            )
+
+    def _store(self, conn: Connection, dataset_id: int, columns: dict[str, str]) -> None:
+        """Replace the indexed text of a dataset: folded text by column of ``_fts``."""
+        raise NotImplementedError
+
+    def _match(self, q: str, conditions: list[Any]) -> Select[Any] | None:
+        """``SELECT datasets.id`` of the visible matches; None when nothing can match."""
+        raise NotImplementedError
+
+    def _page(
+        self, conn: Connection, q: str, matched: Select[Any], limit: int, offset: int
+    ) -> list[int]:
+        """The ids of one page of matches, best first."""
+        raise NotImplementedError
 
     def index(self, conn: Connection, dataset_id: int) -> None:
         """(Re)index one dataset inside the caller's transaction."""
@@ -94,16 +122,16 @@ class SearchIndex:
             .scalars()
             .all()
         )
-        conn.execute(delete(_fts).where(_fts.c.rowid == dataset_id))
-        conn.execute(
-            insert(_fts).values(
-                rowid=dataset_id,
-                title=fold("\n".join(row.title.values())),
-                description=fold("\n".join(row.description.values())),
-                tags=fold(" ".join(tags)),
-                files=fold(" ".join(files)),
-                org=fold(" ".join([row.org_name, *row.org_title.values()])),
-            )
+        self._store(
+            conn,
+            dataset_id,
+            {
+                "title": fold("\n".join(row.title.values())),
+                "description": fold("\n".join(row.description.values())),
+                "tags": fold(" ".join(tags)),
+                "files": fold(" ".join(files)),
+                "org": fold(" ".join([row.org_name, *row.org_title.values()])),
+            },
         )
         conn.execute(
             delete(db.dataset_formats).where(db.dataset_formats.c.dataset_id == dataset_id)
@@ -132,7 +160,6 @@ class SearchIndex:
         if offset < 0:
             raise BadRequest("offset must be 0 or more", field="offset")
         d, o = db.datasets, db.organizations
-        query = fts_query(q)
         conditions = [self.policy.visible_datasets(who)]
         if org:
             conditions.append(d.c.org_id.in_(select(o.c.id).where(o.c.name == org)))
@@ -151,30 +178,26 @@ class SearchIndex:
         if license:
             conditions.append(d.c.license == license)
 
-        fts_ref: Any = literal_column(FTS_TABLE)
-        matched: Select[Any]
-        order: list[Any]
-        if query:
-            rank = func.bm25(fts_ref, *_WEIGHTS).label("rank")
-            matched = (
-                select(d.c.id, rank)
-                .select_from(d.join(_fts, _fts.c.rowid == d.c.id))
-                .where(text(f"{FTS_TABLE} MATCH :q").bindparams(q=query), *conditions)
-            )
-            order = [literal_column("rank"), d.c.id]
+        matched: Select[Any] | None
+        if terms(q):
+            matched = self._match(q, conditions)
         elif q.strip():
-            # Only punctuation: nothing can match.
-            return {"count": 0, "results": [], "facets": _empty_facets()}
+            matched = None  # only punctuation: nothing can match
         else:
             matched = select(d.c.id).where(*conditions)
-            order = [d.c.updated_at.desc(), d.c.id.desc()]
+        if matched is None:
+            return {"count": 0, "results": [], "facets": _empty_facets()}
 
-        ids = matched.with_only_columns(d.c.id).scalar_subquery()
+        ids = matched.scalar_subquery()
         with self.engine.connect() as conn:
             count = conn.execute(select(func.count()).select_from(matched.subquery())).scalar_one()
-            page = conn.execute(matched.order_by(*order).limit(limit).offset(offset)).all()
+            if terms(q):
+                page = self._page(conn, q, matched, limit, offset)
+            else:
+                newest = matched.order_by(d.c.updated_at.desc(), d.c.id.desc())
+                page = list(conn.execute(newest.limit(limit).offset(offset)).scalars())
             facets = self._facets(conn, ids)
-            results = self._describe(conn, list(page), terms(q))
+            results = self._describe(conn, page, terms(q))
         return {"count": int(count), "results": results, "facets": facets}
 
     def _facets(self, conn: Connection, ids: Any) -> dict[str, dict[str, int]]:
@@ -202,12 +225,11 @@ class SearchIndex:
         return out
 
     def _describe(
-        self, conn: Connection, page: list[Any], query_terms: list[str]
+        self, conn: Connection, ids: list[int], query_terms: list[str]
     ) -> list[dict[str, Any]]:
-        if not page:
+        if not ids:
             return []
         d, o = db.datasets, db.organizations
-        ids = [int(r.id) for r in page]
         rows = {
             int(r.id): r
             for r in conn.execute(
@@ -235,16 +257,16 @@ class SearchIndex:
             ):
                 files[int(dataset_id)].append(str(file_name))
         results = []
-        for hit in page:
-            row = rows[int(hit.id)]
+        for hit in ids:
+            row = rows[hit]
             first_description = next(iter(row.description.values()), "")
             passage = None
             if query_terms:
                 # What the result does not show already comes first; the title is shown.
                 texts = [
                     *row.description.values(),
-                    *files[int(hit.id)],
-                    " ".join(tags[int(hit.id)]),
+                    *files[hit],
+                    " ".join(tags[hit]),
                     *row.title.values(),
                 ]
                 passage = snippet(texts, query_terms)
@@ -256,7 +278,7 @@ class SearchIndex:
                     "name": row.name,
                     "title": row.title,
                     "description": row.description,
-                    "tags": tags[int(hit.id)],
+                    "tags": tags[hit],
                     "license": row.license,
                     "access": row.access,
                     "version": row.current_version,
@@ -269,3 +291,178 @@ class SearchIndex:
 
 def _empty_facets() -> dict[str, dict[str, int]]:
     return {"org": {}, "tag": {}, "format": {}, "license": {}}
+
+
+class SqliteSearchIndex(SearchIndex):
+    """FTS5: matching and bm25 ranking inside SQLite."""
+
+    def _store(self, conn: Connection, dataset_id: int, columns: dict[str, str]) -> None:
+        conn.execute(delete(_fts).where(_fts.c.rowid == dataset_id))
+        conn.execute(insert(_fts).values(rowid=dataset_id, **columns))
+
+    def _match(self, q: str, conditions: list[Any]) -> Select[Any] | None:
+        d = db.datasets
+        return (
+            select(d.c.id)
+            .select_from(d.join(_fts, _fts.c.rowid == d.c.id))
+            .where(text(f"{FTS_TABLE} MATCH :q").bindparams(q=fts_query(q)), *conditions)
+        )
+
+    def _page(
+        self, conn: Connection, q: str, matched: Select[Any], limit: int, offset: int
+    ) -> list[int]:
+        d = db.datasets
+        rank = func.bm25(literal_column(FTS_TABLE), *_WEIGHTS)
+        ranked = matched.add_columns(rank.label("rank")).order_by(literal_column("rank"), d.c.id)
+        return [int(r.id) for r in conn.execute(ranked.limit(limit).offset(offset))]
+
+
+# PostgreSQL ---------------------------------------------------------------------------
+
+_pg = Table(
+    FTS_TABLE,
+    MetaData(),
+    Column("dataset_id", Integer, primary_key=True),
+    Column("title", Text),
+    Column("description", Text),
+    Column("tags", Text),
+    Column("files", Text),
+    Column("org", Text),
+    Column("size", Integer),
+    Column("document", TSVECTOR),
+)
+_COLUMNS = ("title", "description", "tags", "files", "org")
+# Words as FTS5's unicode61 tokenizer cuts folded text: letters and digits; "_" separates.
+_TOKEN = re.compile(r"[^\W_]+")
+# PostgreSQL refuses longer lexemes, and keeps at most this many positions of one.
+_MAX_LEXEME_BYTES = 2046
+_MAX_POSITIONS = 256
+# FTS5's bm25 constants.
+_K1, _B = 1.2, 0.75
+
+Phrase = tuple[str, ...]
+
+
+def _lexeme(token: str) -> str:
+    raw = token.encode()
+    if len(raw) <= _MAX_LEXEME_BYTES:
+        return token
+    return raw[:_MAX_LEXEME_BYTES].decode(errors="ignore")
+
+
+def _tokens(folded: str) -> list[str]:
+    return [_lexeme(t) for t in _TOKEN.findall(folded)]
+
+
+def phrases(q: str) -> list[Phrase]:
+    """The query as FTS5 reads ``fts_query``: each word a phrase of its parts ("_" splits
+    "rgph_2024" into rgph then 2024), the last part a prefix; a phrase of no part is
+    dropped, as FTS5 ignores it."""
+    return [p for p in (tuple(_tokens(t)) for t in terms(q)) if p]
+
+
+def _tsquery(phrase_list: Sequence[Phrase]) -> str:
+    # Lexemes are letters and digits only, so quoting them needs no escaping.
+    return " & ".join(
+        " <-> ".join(f"'{t}'" + (":*" if i == len(p) - 1 else "") for i, t in enumerate(p))
+        for p in phrase_list
+    )
+
+
+def _tsvector(columns: Sequence[list[str]]) -> str:
+    """Every word with its positions; a gap between columns keeps phrases inside one."""
+    positions: dict[str, list[int]] = {}
+    at = 0
+    for tokens in columns:
+        for token in tokens:
+            at += 1
+            positions.setdefault(token, []).append(min(at, 16383))
+        at += 1
+    return " ".join(
+        f"'{t}':" + ",".join(str(p) for p in sorted(set(ps))[:_MAX_POSITIONS])
+        for t, ps in positions.items()
+    )
+
+
+def _occurrences(phrase: Phrase, tokens: list[str]) -> int:
+    *exact, prefix = phrase
+    n = len(phrase)
+    return sum(
+        1
+        for i in range(len(tokens) - n + 1)
+        if tokens[i : i + n - 1] == exact and tokens[i + n - 1].startswith(prefix)
+    )
+
+
+class PostgresSearchIndex(SearchIndex):
+    """A tsvector with a GIN index finds the matches; they are ranked here with FTS5's
+    bm25 (the same weights, constants and statistics), so the order is SQLite's."""
+
+    def _store(self, conn: Connection, dataset_id: int, columns: dict[str, str]) -> None:
+        tokens = [_tokens(columns[c]) for c in _COLUMNS]
+        values = {
+            **{c: " ".join(t) for c, t in zip(_COLUMNS, tokens, strict=True)},
+            "size": sum(len(t) for t in tokens),
+            "document": cast(_tsvector(tokens), TSVECTOR),
+        }
+        # An upsert: two writers reindexing one dataset at once must not collide.
+        stmt = pg_insert(_pg).values(dataset_id=dataset_id, **values)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[_pg.c.dataset_id],
+                set_={k: stmt.excluded[k] for k in values},
+            )
+        )
+
+    def _match(self, q: str, conditions: list[Any]) -> Select[Any] | None:
+        found = phrases(q)
+        if not found:
+            return None
+        d = db.datasets
+        return (
+            select(d.c.id)
+            .select_from(d.join(_pg, _pg.c.dataset_id == d.c.id))
+            .where(_document_matches(found), *conditions)
+        )
+
+    def _page(
+        self, conn: Connection, q: str, matched: Select[Any], limit: int, offset: int
+    ) -> list[int]:
+        found = phrases(q)
+        rows, total = conn.execute(
+            select(func.count(), func.coalesce(func.sum(_pg.c.size), 0))
+        ).one()
+        avgdl = int(total) / int(rows)
+        idf: dict[Phrase, float] = {}
+        for p in set(found):
+            hits = conn.execute(
+                select(func.count()).select_from(_pg).where(_document_matches([p]))
+            ).scalar_one()
+            idf[p] = math.log((rows - hits + 0.5) / (hits + 0.5))
+            if idf[p] <= 0.0:
+                idf[p] = 1e-6
+        ids = matched.with_only_columns(db.datasets.c.id).subquery()
+        scored = []
+        for r in conn.execute(
+            select(_pg.c.dataset_id, _pg.c.size, *(_pg.c[c] for c in _COLUMNS)).where(
+                _pg.c.dataset_id.in_(select(ids.c.id))
+            )
+        ):
+            columns = [str(r._mapping[c]).split() for c in _COLUMNS]
+            score = 0.0
+            for p in found:
+                freq = sum(
+                    w * _occurrences(p, tokens) for w, tokens in zip(_WEIGHTS, columns, strict=True)
+                )
+                score += idf[p] * (
+                    (freq * (_K1 + 1.0)) / (freq + _K1 * (1 - _B + _B * r.size / avgdl))
+                )
+            # FTS5's rank is the negated score, ascending, then the id.
+            scored.append((-1.0 * score, int(r.dataset_id)))
+        scored.sort()
+        return [dataset_id for _, dataset_id in scored[offset : offset + limit]]
+
+
+def _document_matches(phrase_list: Sequence[Phrase]) -> Any:
+    query = text("CAST(:tsq AS tsquery)").bindparams(tsq=_tsquery(phrase_list))
+    return _pg.c.document.op("@@")(query)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from khazna import db
 from khazna.access.accounts import Principal
@@ -21,6 +21,22 @@ from khazna.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorize
 from khazna.storage.blobstore import StoredBlob
 
 MAX_TAGS = 50
+# How many times a commit that lost a race with another writer starts again.
+COMMIT_ATTEMPTS = 20
+
+
+class _Raced(Exception):
+    """Another writer moved the dataset's version between our read and our write."""
+
+
+# PostgreSQL's unique violation, deadlock, serialization failure.
+_RACE_STATES = {"23505", "40P01", "40001"}
+
+
+def _lost_race(exc: Exception) -> bool:
+    if isinstance(exc, _Raced | IntegrityError):
+        return True
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in _RACE_STATES
 
 
 @dataclass(frozen=True)
@@ -143,13 +159,12 @@ class Catalog:
             if user_row is None:
                 raise NotFound(f"no user named {user!r}")
             conn.execute(
-                delete(db.memberships).where(
-                    db.memberships.c.org_id == org_row.id,
-                    db.memberships.c.user_id == user_row.id,
+                db.upsert(
+                    conn,
+                    db.memberships,
+                    {"org_id": org_row.id, "user_id": user_row.id, "role": role},
+                    update=["role"],
                 )
-            )
-            conn.execute(
-                insert(db.memberships).values(org_id=org_row.id, user_id=user_row.id, role=role)
             )
 
     def roles_by_name(self, who: Principal) -> dict[str, str]:
@@ -249,19 +264,28 @@ class Catalog:
                 insert(db.dataset_tags), [{"dataset_id": dataset_id, "tag": t} for t in tags]
             )
 
-    def _dataset_row(self, conn: Connection, org: str, name: str) -> Row[Any]:
+    def _dataset_row(
+        self, conn: Connection, org: str, name: str, *, lock: bool = False
+    ) -> Row[Any]:
         d, o = db.datasets, db.organizations
-        row = conn.execute(
+        query = (
             select(d, o.c.name.label("org_name"))
             .join(o, o.c.id == d.c.org_id)
             .where(o.c.name == org, d.c.name == name)
-        ).first()
+        )
+        if lock:
+            # PostgreSQL: writers of one dataset queue here rather than race (SQLite has
+            # one writer at a time already and renders no FOR UPDATE).
+            query = query.with_for_update(of=d)
+        row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"no dataset {org}/{name}")
         return row
 
-    def _visible_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
-        row = self._dataset_row(conn, org, name)
+    def _visible_row(
+        self, conn: Connection, who: Principal, org: str, name: str, *, lock: bool = False
+    ) -> Row[Any]:
+        row = self._dataset_row(conn, org, name, lock=lock)
         if not self.policy.can_see(who, row):
             # A dataset the caller may not see does not exist for them.
             raise NotFound(f"no dataset {org}/{name}")
@@ -281,8 +305,10 @@ class Catalog:
             )
         return row
 
-    def _writable_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
-        row = self._visible_row(conn, who, org, name)
+    def _writable_row(
+        self, conn: Connection, who: Principal, org: str, name: str, *, lock: bool = False
+    ) -> Row[Any]:
+        row = self._visible_row(conn, who, org, name, lock=lock)
         if not self.policy.can_write(who, int(row.org_id)):
             raise _denied(who, f"writing to {org}/{name} needs the editor role in {org!r}")
         return row
@@ -417,17 +443,46 @@ class Catalog:
         *,
         message: str = "",
         table_options: Mapping[str, dict[str, Any]] | None = None,
+        also: Callable[[Connection, int], None] | None = None,
     ) -> CommittedVersion:
         """Make a new version from the current one with ``changes`` applied.
 
         ``changes`` maps file names to their new blob, or None to remove the file. The
         blobs must already be stored. A change that alters nothing makes no version.
+        ``also`` runs in the commit's transaction with the version number; what it
+        raises undoes the commit.
         """
         table_options = table_options or {}
         for file_name in changes:
             check_file_name(file_name)
+        # Writers of one dataset queue on its row. Should two still both read version n
+        # and both make n + 1, the unique (dataset, number) lets one win, and the other
+        # starts again from n + 1; the same retry covers the commit's other collisions (a
+        # table's SQL name taken by another dataset meanwhile, a deadlock).
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return self._commit_once(who, org, name, changes, message, table_options, also=also)
+            except (DBAPIError, _Raced) as exc:
+                if not _lost_race(exc):
+                    raise
+                if attempt == COMMIT_ATTEMPTS:
+                    raise Conflict(
+                        f"{org}/{name} kept changing during the commit; try again"
+                    ) from exc
+        raise AssertionError("unreachable")
+
+    def _commit_once(
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        changes: Mapping[str, StoredBlob | None],
+        message: str,
+        table_options: Mapping[str, dict[str, Any]],
+        also: Callable[[Connection, int], None] | None,
+    ) -> CommittedVersion:
         with self._begin() as conn:
-            row = self._writable_row(conn, who, org, name)
+            row = self._writable_row(conn, who, org, name, lock=True)
             current = {f.name: f for f in self.files_of(conn, row.id, row.current_version)}
             files = dict(current)
             for file_name, blob in changes.items():
@@ -445,10 +500,13 @@ class Catalog:
                     )
             ordered = sorted(files.values(), key=lambda f: f.name)
             if files == current and row.current_version > 0:
+                if also is not None:
+                    also(conn, row.current_version)
                 return CommittedVersion(row.id, row.current_version, ordered, {})
             number = row.current_version + 1
             now = db.utcnow()
-            for entry in files.values():
+            # In one order, so that two commits sharing blobs cannot deadlock.
+            for entry in sorted(files.values(), key=lambda f: f.sha256):
                 conn.execute(
                     db.insert_ignore(
                         conn,
@@ -481,11 +539,13 @@ class Catalog:
                 .values(current_version=number, updated_at=now)
             ).rowcount
             if moved != 1:
-                raise Conflict(f"{org}/{name} changed during the upload; try again")
+                raise _Raced()
             self.search.index(conn, row.id)
             jobs: dict[str, int] = {}
             for hook in self.version_hooks:
                 jobs.update(hook(conn, int(row.id), ordered))
+            if also is not None:
+                also(conn, number)
         return CommittedVersion(int(row.id), number, ordered, jobs)
 
     def known_blobs(self) -> Iterable[tuple[str, int]]:

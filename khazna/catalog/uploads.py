@@ -17,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from khazna import db
 from khazna.access.accounts import Principal
@@ -272,14 +272,23 @@ class UploadSessions:
             )
             for f in files
         }
-        committed = self.catalog.commit_version(who, org, name, stored, message=row.message)
-        version = committed.version
-        with self.engine.begin() as conn:
-            conn.execute(
+
+        def close_session(conn: Connection, version: int) -> None:
+            # In the version's transaction, and only from "open": of two commits of one
+            # session racing (a client retrying through another hub process), one makes
+            # the version and the other changes nothing.
+            closed = conn.execute(
                 update(db.upload_sessions)
-                .where(db.upload_sessions.c.id == session_id)
+                .where(db.upload_sessions.c.id == session_id, db.upload_sessions.c.state == "open")
                 .values(state="committed", version=version, updated_at=db.utcnow())
-            )
+            ).rowcount
+            if closed != 1:
+                raise Conflict(f"upload session {session_id} is no longer open")
+
+        committed = self.catalog.commit_version(
+            who, org, name, stored, message=row.message, also=close_session
+        )
+        version = committed.version
         shutil.rmtree(self.staging / session_id, ignore_errors=True)
         return {
             "id": session_id,
@@ -306,13 +315,18 @@ class UploadSessions:
         self._drop(session_id, state="aborted")
 
     def _drop(self, session_id: str, state: str) -> None:
-        shutil.rmtree(self.staging / session_id, ignore_errors=True)
         with self.engine.begin() as conn:
-            conn.execute(
+            # A session committed meanwhile (by another process) stays committed.
+            dropped = conn.execute(
                 update(db.upload_sessions)
-                .where(db.upload_sessions.c.id == session_id)
+                .where(
+                    db.upload_sessions.c.id == session_id,
+                    db.upload_sessions.c.state != "committed",
+                )
                 .values(state=state, updated_at=db.utcnow())
-            )
+            ).rowcount
+        if dropped:
+            shutil.rmtree(self.staging / session_id, ignore_errors=True)
 
     def purge_expired(self) -> int:
         """Remove open sessions untouched for longer than the TTL; returns how many."""

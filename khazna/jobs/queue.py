@@ -3,6 +3,8 @@
 A job is claimed with a lease: the worker refreshes ``heartbeat_at`` while it works. A job
 whose worker died (its heartbeat is older than the lease) is claimed again, up to
 ``max_attempts``; a restart of the embedded hub requeues its running jobs at once.
+On PostgreSQL, workers of several processes claim with ``FOR UPDATE SKIP LOCKED``; on
+SQLite, where one writer runs at a time, a compare-and-set on the state suffices.
 """
 
 from __future__ import annotations
@@ -76,14 +78,13 @@ class JobQueue:
             and_(j.c.state == "queued", or_(j.c.run_after.is_(None), j.c.run_after <= now)),
             and_(j.c.state == "running", j.c.heartbeat_at < now - self.lease),
         )
+        oldest = select(j.c.id, j.c.state, j.c.heartbeat_at).where(claimable).order_by(j.c.id)
+        if self.engine.dialect.name == "postgresql":
+            # Workers in other processes skip the row this one holds instead of waiting.
+            oldest = oldest.with_for_update(skip_locked=True)
         with self.engine.begin() as conn:
             while True:
-                row = conn.execute(
-                    select(j.c.id, j.c.state, j.c.heartbeat_at)
-                    .where(claimable)
-                    .order_by(j.c.id)
-                    .limit(1)
-                ).first()
+                row = conn.execute(oldest.limit(1)).first()
                 if row is None:
                     return None
                 # Compare-and-set on the state we saw, so two workers never both win.
