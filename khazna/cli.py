@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -38,6 +38,16 @@ app = typer.Typer(
 )
 users_app = typer.Typer(no_args_is_help=True, help="Manage the hub's users (server side).")
 app.add_typer(users_app, name="users")
+tokens_app = typer.Typer(
+    no_args_is_help=True, help="Manage your API tokens on the hub (client side)."
+)
+app.add_typer(tokens_app, name="tokens")
+access_app = typer.Typer(
+    no_args_is_help=True,
+    help="Access requests for restricted datasets: ask (client side); approve or refuse "
+    "(client side as a publisher, or on the hub folder as its operator with --home).",
+)
+app.add_typer(access_app, name="access")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -258,6 +268,178 @@ def search(
             ", ".join(r["tags"]),
         )
     out.print(table)
+
+
+# tokens ------------------------------------------------------------------------------
+
+
+@tokens_app.command("create")
+def tokens_create(
+    label: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    scope: Annotated[str, typer.Option(help="read or read-write.")] = "read-write",
+    expires: Annotated[
+        str | None, typer.Option(help="Expiry: a date (through its end, UTC) or date and time.")
+    ] = None,
+    ttl: Annotated[int | None, typer.Option(help="Expiry in seconds from now.")] = None,
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", help="Restrict to ORG/DATASET (repeatable)."),
+    ] = None,
+    org: Annotated[
+        list[str] | None, typer.Option("--org", help="Restrict to ORG's datasets (repeatable).")
+    ] = None,
+) -> None:
+    """Create an API token for yourself; prints it as the last line, once."""
+    with _errors(), _client() as client:
+        made = client.create_token(
+            label=label,
+            scope=scope,
+            expires_at=expires,
+            ttl=ttl,
+            datasets=dataset or None,
+            organizations=org or None,
+        )
+    reach = _reach(made)
+    err.print(
+        f"token {made['id']} ({made['scope']}, {reach}, expires {made['expires_at'] or 'never'}); "
+        "shown once:",
+        highlight=False,
+    )
+    print(made["token"])
+
+
+def _reach(token: dict[str, Any]) -> str:
+    if token["datasets"] is None:
+        return "all your datasets"
+    names = [*token["datasets"], *(f"{o}/*" for o in token["organizations"])]
+    return "only " + ", ".join(names)
+
+
+@tokens_app.command("list")
+def tokens_list() -> None:
+    """List your tokens (never their secret)."""
+    with _errors(), _client() as client:
+        found = client.tokens()
+    # One line per token, tab-separated, so scripts can cut it.
+    print("\t".join(("id", "scope", "state", "created", "expires", "last used", "reach", "label")))
+    for t in found:
+        cells = (
+            str(t["id"]),
+            t["scope"],
+            t["state"],
+            t["created_at"] or "",
+            t["expires_at"] or "never",
+            t["last_used_at"] or "never",
+            _reach(t),
+            t["label"],
+        )
+        print("\t".join(cells))
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Revoke one of your tokens; it stops working at once."""
+    with _errors(), _client() as client:
+        client.revoke_token(token_id)
+    out.print(f"token {token_id} revoked")
+
+
+# access requests ---------------------------------------------------------------------
+
+OperatorHome = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        envvar="KHAZNA_HOME",
+        help="Act as the hub's operator on this hub folder instead of through $KHAZNA_URL.",
+    ),
+]
+
+
+def _describe(request: dict[str, object]) -> str:
+    text = f"{request['org']}/{request['dataset']} for {request['user']}: {request['state']}"
+    if request.get("expires_at"):
+        text += f" until {request['expires_at']}"
+    if request.get("reason"):
+        text += f" ({request['reason']})"
+    return text
+
+
+@access_app.command("request")
+def access_request(
+    ref: Annotated[str, typer.Argument(metavar="ORG/DATASET")],
+    purpose: Annotated[str, typer.Option(help="Why you need the data.")],
+) -> None:
+    """Ask the publisher of a restricted dataset for access."""
+    with _errors(), _client() as client:
+        made = client.request_access(ref, purpose)
+    out.print(f"access request {made['id']}: {_describe(made)}", highlight=False)
+
+
+@access_app.command("list")
+def access_list(
+    ref: Annotated[str | None, typer.Argument(metavar="[ORG/DATASET]")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="pending, approved, refused or expired.")
+    ] = None,
+    mine: Annotated[bool, typer.Option("--mine", help="Your own requests.")] = False,
+) -> None:
+    """List access requests: for a dataset, your inbox as a publisher, or --mine."""
+    with _errors(), _client() as client:
+        found = client.my_access_requests(state) if mine else client.access_requests(ref, state)
+    for r in found:
+        out.print(f"{r['id']}  {_describe(r)}  — {r['purpose']}", highlight=False)
+    err.print(f"{len(found)} request(s)")
+
+
+@access_app.command("approve")
+def access_approve(
+    ref: Annotated[str, typer.Argument(metavar="ORG/DATASET")],
+    user: Annotated[str, typer.Argument(metavar="USER")],
+    until: Annotated[
+        str | None, typer.Option(help="Expiry: a date (through its end, UTC) or date and time.")
+    ] = None,
+    home: OperatorHome = None,
+) -> None:
+    """Approve USER's latest request for a restricted dataset."""
+    with _errors():
+        if home is not None:
+            from khazna.access.accounts import parse_expiry
+            from khazna.client import split_ref
+
+            hub = _hub(home)
+            org, name = split_ref(ref)
+            expiry = None if until is None else parse_expiry(until, "--until")
+            done = hub.access_requests.approve(
+                hub.accounts.system_principal(), org, name, user, expiry
+            )
+        else:
+            with _client() as client:
+                done = client.approve_access(ref, user, until)
+    out.print(_describe(done), highlight=False)
+
+
+@access_app.command("refuse")
+def access_refuse(
+    ref: Annotated[str, typer.Argument(metavar="ORG/DATASET")],
+    user: Annotated[str, typer.Argument(metavar="USER")],
+    reason: Annotated[str, typer.Option(help="Why, for the requester.")],
+    home: OperatorHome = None,
+) -> None:
+    """Refuse USER's latest request (an approval is withdrawn at once)."""
+    with _errors():
+        if home is not None:
+            from khazna.client import split_ref
+
+            hub = _hub(home)
+            org, name = split_ref(ref)
+            done = hub.access_requests.refuse(
+                hub.accounts.system_principal(), org, name, user, reason
+            )
+        else:
+            with _client() as client:
+                done = client.refuse_access(ref, user, reason)
+    out.print(_describe(done), highlight=False)
 
 
 def main() -> None:

@@ -174,6 +174,74 @@ class Client:
         params = {"q": q, **{k: v for k, v in filters.items() if v is not None}}
         return self._json("GET", "/search", params=params)
 
+    # tokens and access requests -----------------------------------------------------
+
+    def create_token(
+        self,
+        *,
+        label: str = "",
+        scope: str = "read-write",
+        expires_at: str | None = None,
+        ttl: int | None = None,
+        datasets: list[str] | None = None,
+        organizations: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """A new token for the caller; its secret is in ``token``, this once."""
+        body: dict[str, Any] = {"label": label, "scope": scope}
+        extra = {
+            "expires_at": expires_at,
+            "ttl": ttl,
+            "datasets": datasets,
+            "organizations": organizations,
+        }
+        body.update({k: v for k, v in extra.items() if v is not None})
+        return self._json("POST", "/tokens", json=body)
+
+    def tokens(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self._json("GET", "/tokens")["tokens"]
+        return found
+
+    def revoke_token(self, token_id: int) -> None:
+        self._request("DELETE", f"/tokens/{token_id}")
+
+    def request_access(self, ref: str, purpose: str) -> dict[str, Any]:
+        org, name = split_ref(ref)
+        return self._json(
+            "POST", f"/datasets/{org}/{name}/access-requests", json={"purpose": purpose}
+        )
+
+    def access_requests(self, ref: str | None = None, state: str | None = None) -> list[Any]:
+        """Requests for one dataset, or for every dataset the caller publishes."""
+        params = {} if state is None else {"state": state}
+        if ref is None:
+            path = "/access-requests"
+        else:
+            org, name = split_ref(ref)
+            path = f"/datasets/{org}/{name}/access-requests"
+        found: list[Any] = self._json("GET", path, params=params)["requests"]
+        return found
+
+    def my_access_requests(self, state: str | None = None) -> list[Any]:
+        params = {} if state is None else {"state": state}
+        found: list[Any] = self._json("GET", "/me/access-requests", params=params)["requests"]
+        return found
+
+    def approve_access(self, ref: str, user: str, until: str | None = None) -> dict[str, Any]:
+        org, name = split_ref(ref)
+        return self._json(
+            "POST",
+            f"/datasets/{org}/{name}/access-requests/{quote(user)}/approve",
+            json={"until": until},
+        )
+
+    def refuse_access(self, ref: str, user: str, reason: str) -> dict[str, Any]:
+        org, name = split_ref(ref)
+        return self._json(
+            "POST",
+            f"/datasets/{org}/{name}/access-requests/{quote(user)}/refuse",
+            json={"reason": reason},
+        )
+
     # tables --------------------------------------------------------------------------
 
     def query(self, sql: str, *, limit: int | None = None) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class Settings:
     sql_timeout_s: float = 30.0
     sql_memory_limit: str = "1GB"
     sql_row_limit: int = 10_000
+    # Quotas per token (per client address for anonymous callers); 0 turns one off.
+    rate_limit_per_minute: int = 0
+    daily_download_bytes: int = 0
 
     @property
     def blob_dir(self) -> Path:
@@ -85,4 +88,8 @@ class Settings:
             sql_timeout_s=_number_env("KHAZNA_SQL_TIMEOUT_S", 30.0, "seconds", positive=True),
             sql_memory_limit=_memory_env("KHAZNA_SQL_MEMORY_LIMIT", "1GB"),
             sql_row_limit=int(_number_env("KHAZNA_SQL_ROW_LIMIT", 10_000, "rows", positive=True)),
+            rate_limit_per_minute=int(
+                _number_env("KHAZNA_RATE_LIMIT_PER_MINUTE", 0, "requests per minute")
+            ),
+            daily_download_bytes=int(_number_env("KHAZNA_DAILY_DOWNLOAD_BYTES", 0, "bytes")),
         )

@@ -65,6 +65,13 @@ tokens = Table(
     Column("label", String(200), nullable=False, default=""),
     _ts("created_at"),
     _ts("revoked_at", nullable=True),
+    # "read" or "read-write".
+    Column("scope", String(20), nullable=False, default="read-write"),
+    _ts("expires_at", nullable=True),
+    _ts("last_used_at", nullable=True),
+    # When either is set, the token reaches only these datasets and organizations (ids).
+    Column("dataset_ids", JSON, nullable=True),
+    Column("org_ids", JSON, nullable=True),
 )
 
 memberships = Table(
@@ -74,6 +81,22 @@ memberships = Table(
     Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("role", String(20), nullable=False),
     PrimaryKeyConstraint("org_id", "user_id"),
+)
+
+# A user's request to read a restricted dataset, and the publisher's decision.
+access_requests = Table(
+    "access_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False, index=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("purpose", Text, nullable=False),
+    Column("state", String(20), nullable=False),  # pending, approved, refused
+    Column("reason", Text, nullable=True),
+    _ts("expires_at", nullable=True),
+    Column("decided_by", Integer, ForeignKey("users.id"), nullable=True),
+    _ts("decided_at", nullable=True),
+    _ts("created_at"),
 )
 
 datasets = Table(

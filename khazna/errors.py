@@ -66,6 +66,13 @@ class Unprocessable(KhaznaError):
     code = "unprocessable"
 
 
+class OverQuota(KhaznaError):
+    """A rate limit or a download volume is used up; ``retry_after`` says for how long."""
+
+    status = 429
+    code = "over_quota"
+
+
 class StorageFailure(KhaznaError):
     """The hub could not store bytes (disk full, I/O error): not the client's fault."""
 

@@ -9,6 +9,8 @@ from sqlalchemy.exc import OperationalError
 
 from khazna import db
 from khazna.access import AccessPolicy, Accounts
+from khazna.access.quotas import Quotas
+from khazna.access.requests import AccessRequests
 from khazna.catalog.search import make_search_index
 from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
@@ -45,8 +47,10 @@ class Hub:
         self.blobs = LocalBlobStore(settings.blob_dir, settings.tmp_dir)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
+        self.quotas = Quotas(settings.rate_limit_per_minute, settings.daily_download_bytes)
         self.search = make_search_index(self.engine, self.policy)
         self.catalog = Catalog(self.engine, self.policy, self.search)
+        self.access_requests = AccessRequests(self.engine, self.catalog, self.policy)
         self.derived = LocalBlobStore(settings.home / "derived", settings.tmp_dir)
         self.jobs = JobQueue(self.engine, lease_s=settings.job_lease_s)
         self.tables = Tables(

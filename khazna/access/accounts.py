@@ -5,17 +5,29 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from khazna import db
 from khazna.catalog.names import check_slug
-from khazna.errors import Conflict, NotFound, Unauthorized
+from khazna.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 TOKEN_PREFIX = "kz_"
 # The hub's own account: admin, with no token, so nobody can sign in as it.
 SYSTEM_USER = "khazna"
+SCOPES = ("read", "read-write")
+LAST_USED_PRECISION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class TokenLimits:
+    """What a restricted token reaches: these datasets and every dataset of these orgs."""
+
+    datasets: frozenset[int] = frozenset()
+    orgs: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,13 @@ class Principal:
     is_admin: bool = False
     # organization id -> role (admin, editor, member)
     roles: dict[int, str] = field(default_factory=dict)
+    # Restricted datasets the user may read through an approved, unexpired access request.
+    approved: frozenset[int] = frozenset()
+    token_id: int | None = None
+    # A token of scope "read" reads only, whatever its user may do.
+    read_only: bool = False
+    # None: the token reaches everything its user may.
+    limits: TokenLimits | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -81,19 +100,56 @@ class Accounts:
             raise NotFound(f"no user named {name!r}")
         return int(row.id)
 
-    def create_token(self, user_id: int, *, label: str = "") -> str:
+    def create_token(
+        self,
+        user_id: int,
+        *,
+        label: str = "",
+        scope: str = "read-write",
+        expires_at: datetime | None = None,
+        limits: TokenLimits | None = None,
+    ) -> str:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        self.add_token(
+            user_id, token, label=label, scope=scope, expires_at=expires_at, limits=limits
+        )
+        return token
+
+    def add_token(
+        self,
+        user_id: int,
+        token: str,
+        *,
+        label: str = "",
+        scope: str = "read-write",
+        expires_at: datetime | None = None,
+        limits: TokenLimits | None = None,
+    ) -> int:
+        """Store a new token's hash; returns its id."""
+        if scope not in SCOPES:
+            raise BadRequest(
+                f"scope must be one of {', '.join(SCOPES)}; got {scope!r}", field="scope"
+            )
+        if len(label) > 200:
+            raise BadRequest("label must be at most 200 characters", field="label")
+        now = db.utcnow()
+        if expires_at is not None and expires_at <= now:
+            raise BadRequest("expires_at must be in the future", field="expires_at")
         with self.engine.begin() as conn:
-            conn.execute(
+            token_id = conn.execute(
                 insert(db.tokens).values(
                     user_id=user_id,
                     token_hash=hash_token(token),
                     prefix=token[:8],
                     label=label,
-                    created_at=db.utcnow(),
+                    created_at=now,
+                    scope=scope,
+                    expires_at=expires_at,
+                    dataset_ids=None if limits is None else sorted(limits.datasets),
+                    org_ids=None if limits is None else sorted(limits.orgs),
                 )
-            )
-        return token
+            ).inserted_primary_key[0]  # type: ignore[index]
+        return int(token_id)
 
     def revoke_token(self, token: str) -> None:
         with self.engine.begin() as conn:
@@ -103,25 +159,150 @@ class Accounts:
                 .values(revoked_at=db.utcnow())
             )
 
-    def authenticate(self, token: str) -> Principal:
-        """The principal behind a token, or Unauthorized."""
-        t, u = db.tokens, db.users
-        with self.engine.connect() as conn:
+    def revoke_token_id(self, who: Principal, token_id: int) -> None:
+        """Revoke one of the caller's tokens (a hub admin: anyone's); 404 for any other."""
+        t = db.tokens
+        with self.engine.begin() as conn:
             row = conn.execute(
-                select(u.c.id, u.c.name, u.c.is_admin)
-                .join(t, t.c.user_id == u.c.id)
-                .where(t.c.token_hash == hash_token(token), t.c.revoked_at.is_(None))
+                select(t.c.user_id, t.c.revoked_at).where(t.c.id == token_id)
             ).first()
-            if row is None:
-                raise Unauthorized("invalid or revoked API token")
-            roles = {
-                int(m.org_id): str(m.role)
-                for m in conn.execute(
-                    select(db.memberships.c.org_id, db.memberships.c.role).where(
-                        db.memberships.c.user_id == row.id
+            if row is None or not (who.is_admin or row.user_id == who.user_id):
+                raise NotFound(f"no token {token_id}")
+            if row.revoked_at is None:
+                conn.execute(update(t).where(t.c.id == token_id).values(revoked_at=db.utcnow()))
+
+    def tokens_of(self, user_id: int) -> list[dict[str, Any]]:
+        """A user's tokens, newest first, without their secret (the hub does not have it)."""
+        t, d, o = db.tokens, db.datasets, db.organizations
+        now = db.utcnow()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t).where(t.c.user_id == user_id).order_by(t.c.id.desc())
+            ).all()
+            dataset_names = {
+                int(r.id): f"{r.org_name}/{r.name}"
+                for r in conn.execute(
+                    select(d.c.id, d.c.name, o.c.name.label("org_name")).join(
+                        o, o.c.id == d.c.org_id
                     )
                 )
             }
+            org_names = {int(r.id): str(r.name) for r in conn.execute(select(o.c.id, o.c.name))}
+        out = []
+        for r in rows:
+            if r.revoked_at is not None:
+                state = "revoked"
+            elif r.expires_at is not None and _aware(r.expires_at) <= now:
+                state = "expired"
+            else:
+                state = "active"
+            restricted = r.dataset_ids is not None or r.org_ids is not None
+            out.append(
+                {
+                    "id": int(r.id),
+                    "label": r.label,
+                    "prefix": r.prefix,
+                    "scope": r.scope,
+                    "state": state,
+                    "datasets": sorted(dataset_names[i] for i in r.dataset_ids or [])
+                    if restricted
+                    else None,
+                    "organizations": sorted(org_names[i] for i in r.org_ids or [])
+                    if restricted
+                    else None,
+                    "created_at": db.iso(r.created_at),
+                    "expires_at": db.iso(r.expires_at),
+                    "last_used_at": db.iso(r.last_used_at),
+                    "revoked_at": db.iso(r.revoked_at),
+                }
+            )
+        return out
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal behind a token, or Unauthorized saying why the token is refused."""
+        t, u, m, a = db.tokens, db.users, db.memberships, db.access_requests
+        now = db.utcnow()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    u.c.id,
+                    u.c.name,
+                    u.c.is_admin,
+                    t.c.id.label("token_id"),
+                    t.c.scope,
+                    t.c.revoked_at,
+                    t.c.expires_at,
+                    t.c.last_used_at,
+                    t.c.dataset_ids,
+                    t.c.org_ids,
+                )
+                .join(t, t.c.user_id == u.c.id)
+                .where(t.c.token_hash == hash_token(token))
+            ).first()
+            if row is None:
+                raise Unauthorized("invalid or revoked API token")
+            if row.revoked_at is not None:
+                raise Unauthorized(f"this API token was revoked at {db.iso(row.revoked_at)}")
+            if row.expires_at is not None and _aware(row.expires_at) <= now:
+                raise Unauthorized(f"this API token expired at {db.iso(row.expires_at)}")
+            roles = {
+                int(r.org_id): str(r.role)
+                for r in conn.execute(select(m.c.org_id, m.c.role).where(m.c.user_id == row.id))
+            }
+            # Read at every request, so an approval, a refusal or an expiry counts at once.
+            approved = frozenset(
+                int(dataset_id)
+                for dataset_id in conn.execute(
+                    select(a.c.dataset_id).where(
+                        a.c.user_id == row.id,
+                        a.c.state == "approved",
+                        or_(a.c.expires_at.is_(None), a.c.expires_at > now),
+                    )
+                ).scalars()
+            )
+        last_used = None if row.last_used_at is None else _aware(row.last_used_at)
+        if last_used is None or now - last_used > LAST_USED_PRECISION:
+            # Written at most once a minute per token: a write on every request would queue
+            # readers behind SQLite's single writer.
+            with self.engine.begin() as conn:
+                conn.execute(update(t).where(t.c.id == row.token_id).values(last_used_at=now))
+        limits = None
+        if row.dataset_ids is not None or row.org_ids is not None:
+            limits = TokenLimits(
+                frozenset(int(i) for i in row.dataset_ids or []),
+                frozenset(int(i) for i in row.org_ids or []),
+            )
         return Principal(
-            user_id=int(row.id), name=str(row.name), is_admin=bool(row.is_admin), roles=roles
+            user_id=int(row.id),
+            name=str(row.name),
+            is_admin=bool(row.is_admin),
+            roles=roles,
+            approved=approved,
+            token_id=int(row.token_id),
+            read_only=row.scope == "read",
+            limits=limits,
         )
+
+
+def parse_expiry(value: str, field: str) -> datetime:
+    """An expiry as given by people: ``2026-12-31`` means through the end of that day (UTC);
+    a date and time without a zone is UTC. Must be in the future."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            moment = datetime.combine(date.fromisoformat(text), time(), UTC) + timedelta(days=1)
+        else:
+            moment = _aware(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError as exc:
+        raise BadRequest(
+            f"{field} must be a date (2026-12-31) or an ISO 8601 date and time; got {value!r}",
+            field=field,
+        ) from exc
+    if moment <= db.utcnow():
+        raise BadRequest(f"{field} must be in the future; got {value!r}", field=field)
+    return moment
+
+
+def _aware(ts: datetime) -> datetime:
+    """SQLite hands back naive datetimes that were stored as UTC."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)

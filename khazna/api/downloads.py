@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from khazna.access.quotas import Reservation
 from khazna.catalog.service import ResolvedFile
 from khazna.errors import RangeNotSatisfiable
 from khazna.storage.blobstore import BlobStore
@@ -51,8 +53,15 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 def file_response(
-    request: Request, blobs: BlobStore, ref: ResolvedFile, *, pinned: bool
+    request: Request,
+    blobs: BlobStore,
+    ref: ResolvedFile,
+    *,
+    pinned: bool,
+    reserve: Callable[[int], Reservation] | None = None,
 ) -> Response:
+    """The file's bytes; ``reserve(length)`` sets the bytes to send aside from a quota (or
+    refuses them) before anything is sent."""
     entry = ref.file
     public = ref.access == "public"
     etag = f'"{entry.sha256}"'
@@ -89,6 +98,17 @@ def file_response(
     headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
-    return StreamingResponse(
-        blobs.read_range(entry.sha256, start, length), status_code=status, headers=headers
-    )
+    chunks = blobs.read_range(entry.sha256, start, length)
+    if reserve is not None:
+        chunks = _metered(chunks, reserve(length))
+    return StreamingResponse(chunks, status_code=status, headers=headers)
+
+
+def _metered(chunks: Iterator[bytes], reservation: Reservation) -> Iterator[bytes]:
+    """Count what is handed to the server; a download cut short gives the rest back."""
+    try:
+        for chunk in chunks:
+            reservation.add(len(chunk))
+            yield chunk
+    finally:
+        reservation.finish()

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from khazna.errors import KhaznaError, RangeNotSatisfiable
+from khazna.errors import KhaznaError, OverQuota, RangeNotSatisfiable
 
 log = logging.getLogger("khazna")
 
@@ -24,6 +24,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "too_large",
     422: "unprocessable",
+    429: "over_quota",
 }
 
 
@@ -48,6 +49,8 @@ def install(app: FastAPI) -> None:
         headers = None
         if isinstance(exc, RangeNotSatisfiable) and "size" in exc.details:
             headers = {"Content-Range": f"bytes */{exc.details['size']}"}
+        if isinstance(exc, OverQuota):
+            headers = {"Retry-After": str(exc.details["retry_after"])}
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
         return error_response(exc.status, exc.code, exc.message, headers, **exc.details)

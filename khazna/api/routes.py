@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from khazna import __version__
 from khazna.api.bodies import body_chunks, header_text
-from khazna.api.deps import HubDep, Who, get_principal
+from khazna.api.deps import HubDep, Who, check_caller, quota_key
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
@@ -21,7 +21,7 @@ from khazna.tables.registry import parse_table_options
 
 # Every route checks a token that is sent, even where anonymous callers are welcome: a
 # client with a wrong token learns it on its first call.
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_caller)])
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 Text = str | dict[str, str] | None
@@ -159,7 +159,14 @@ def download_file(
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
     ref = hub.catalog.resolve_file(who, org, name, file, version)
-    return file_response(request, hub.blobs, ref, pinned=version is not None)
+    key = quota_key(request, who)
+    return file_response(
+        request,
+        hub.blobs,
+        ref,
+        pinned=version is not None,
+        reserve=lambda length: hub.quotas.download(key, length),
+    )
 
 
 @router.put("/datasets/{org}/{name}/files/{file}", tags=["files"])

@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from khazna.api.deps import HubDep, Who, get_principal
+from khazna.api.deps import HubDep, Who, check_caller
 from khazna.errors import NotFound
 from khazna.tables.query import QueryResult, Sandbox, parse_filters, read_rows, referenced_tables
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(get_principal)])
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_caller)])
 
 ROW_PARAMS = {"limit", "offset", "sort", "next", "version"}
 FORMATS = {

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from khazna import db
-from khazna.access.accounts import Principal
+from khazna.access.accounts import Principal, TokenLimits
 from khazna.access.policy import AccessPolicy, check_level, check_role
 from khazna.catalog.formats import media_type
 from khazna.catalog.names import check_file_name, check_slug, normalize_text
@@ -154,7 +154,9 @@ class Catalog:
         with self._begin() as conn:
             org_row = self._org_row(conn, org)
             if not self.policy.can_manage(who, int(org_row.id)):
-                raise _denied(who, f"managing members of {org!r} needs its admin role")
+                raise _denied(
+                    who, _role_rule(who, f"managing members of {org!r}", "its admin role")
+                )
             user_row = conn.execute(select(db.users.c.id).where(db.users.c.name == user)).first()
             if user_row is None:
                 raise NotFound(f"no user named {user!r}")
@@ -211,7 +213,9 @@ class Catalog:
             with self._begin() as conn:
                 org_row = self._org_row(conn, org)
                 if not self.policy.can_write(who, int(org_row.id)):
-                    raise _denied(who, f"creating datasets in {org!r} needs its editor role")
+                    raise _denied(
+                        who, _role_rule(who, f"creating datasets in {org!r}", "its editor role")
+                    )
                 dataset_id = conn.execute(
                     insert(db.datasets).values(
                         org_id=org_row.id,
@@ -294,24 +298,23 @@ class Catalog:
     def _readable_row(self, conn: Connection, who: Principal, org: str, name: str) -> Row[Any]:
         row = self._visible_row(conn, who, org, name)
         if not self.policy.can_read(who, row):
-            raise _denied(
-                who,
-                f"dataset {org}/{name} is {row.access}: its data needs "
-                + (
-                    "a signed-in user"
-                    if row.access == "registered"
-                    else "membership of its organization"
-                ),
-            )
+            raise _denied(who, self.policy.read_refusal(row, f"{org}/{name}"))
         return row
 
     def _writable_row(
         self, conn: Connection, who: Principal, org: str, name: str, *, lock: bool = False
     ) -> Row[Any]:
         row = self._visible_row(conn, who, org, name, lock=lock)
-        if not self.policy.can_write(who, int(row.org_id)):
-            raise _denied(who, f"writing to {org}/{name} needs the editor role in {org!r}")
+        if not self.policy.can_write(who, int(row.org_id), int(row.id)):
+            raise _denied(
+                who, _role_rule(who, f"writing to {org}/{name}", f"the editor role in {org!r}")
+            )
         return row
+
+    def visible_row(self, who: Principal, org: str, name: str) -> Row[Any]:
+        """The ``datasets`` row (with ``org_name``) of a dataset the caller may see; else 404."""
+        with self.engine.connect() as conn:
+            return self._visible_row(conn, who, org, name)
 
     def can_read(self, who: Principal, org: str, name: str) -> bool:
         with self.engine.connect() as conn:
@@ -376,6 +379,19 @@ class Catalog:
         if row is None or not self.policy.can_see(who, row):
             return None
         return {"org": str(row.org_name), "name": str(row.name)}
+
+    def reach(self, who: Principal, datasets: Iterable[str], orgs: Iterable[str]) -> TokenLimits:
+        """Dataset refs (``org/name``) and organization names as ids, for a restricted token;
+        each must be visible to the caller."""
+        with self.engine.connect() as conn:
+            dataset_ids = set()
+            for ref in datasets:
+                org, _, name = ref.partition("/")
+                if not org or not name:
+                    raise BadRequest(f"datasets are ORG/NAME; got {ref!r}", field="datasets")
+                dataset_ids.add(int(self._visible_row(conn, who, org, name).id))
+            org_ids = {int(self._org_row(conn, org).id) for org in orgs}
+        return TokenLimits(frozenset(dataset_ids), frozenset(org_ids))
 
     def dataset_id(self, conn: Connection, org: str, name: str) -> int:
         return int(self._dataset_row(conn, org, name).id)
@@ -565,6 +581,15 @@ def _org_view(row: Row[Any]) -> dict[str, Any]:
         "description": row.description,
         "created_at": db.iso(row.created_at),
     }
+
+
+def _role_rule(who: Principal, action: str, role: str) -> str:
+    """The rule that refused a write: the token's scope or reach, else the missing role."""
+    if who.read_only:
+        return f"{action} needs a read-write token; this one has scope 'read'"
+    if who.limits is not None:
+        return f"{action} is outside what this token is restricted to"
+    return f"{action} needs {role}"
 
 
 def _denied(who: Principal, reason: str) -> Unauthorized | Forbidden:

@@ -345,7 +345,9 @@ class Tables:
         t, d, v, vf = db.table_names, db.datasets, db.versions, db.version_files
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(t.c.sql_name, d.c.access, d.c.org_id, vf.c.sha256, vf.c.table_options)
+                select(
+                    t.c.sql_name, d.c.id, d.c.access, d.c.org_id, vf.c.sha256, vf.c.table_options
+                )
                 .join(d, d.c.id == t.c.dataset_id)
                 .join(v, and_(v.c.dataset_id == d.c.id, v.c.number == d.c.current_version))
                 .join(vf, and_(vf.c.version_id == v.c.id, vf.c.name == t.c.file_name))

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from khazna.api.deps import HubDep, Who
+from khazna.api.deps import HubDep, Who, check_caller
 from khazna.catalog.names import pick_language
 from khazna.storage.blobstore import human_bytes
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(check_caller)])
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 LANGUAGES = ("fr", "ar", "en")
 
