@@ -51,6 +51,8 @@ class Settings:
     sql_timeout_s: float = 30.0
     sql_memory_limit: str = "1GB"
     sql_row_limit: int = 10_000
+    # The audit log's head is signed every this many entries (and on each export).
+    audit_checkpoint_every: int = 1000
 
     @property
     def blob_dir(self) -> Path:
@@ -63,6 +65,10 @@ class Settings:
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+    @property
+    def key_dir(self) -> Path:
+        return self.home / "keys"
 
     @classmethod
     def from_env(cls, home: Path | str | None = None) -> Settings:
@@ -85,4 +91,7 @@ class Settings:
             sql_timeout_s=_number_env("KHAZNA_SQL_TIMEOUT_S", 30.0, "seconds", positive=True),
             sql_memory_limit=_memory_env("KHAZNA_SQL_MEMORY_LIMIT", "1GB"),
             sql_row_limit=int(_number_env("KHAZNA_SQL_ROW_LIMIT", 10_000, "rows", positive=True)),
+            audit_checkpoint_every=int(
+                _number_env("KHAZNA_AUDIT_CHECKPOINT_EVERY", 1000, "entries", positive=True)
+            ),
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from khazna import db
 from khazna.access import AccessPolicy, Accounts
+from khazna.access.audit import AuditLog, HubKey
 from khazna.catalog.search import SearchIndex
 from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
@@ -18,6 +19,8 @@ from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 @dataclass
 class VerifyReport:
     blobs_checked: int = 0
+    audit_entries_checked: int = 0
+    checkpoints_checked: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -39,6 +42,12 @@ class Hub:
         self.blobs = LocalBlobStore(settings.blob_dir, settings.tmp_dir)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
+        self.audit = AuditLog(
+            self.engine,
+            HubKey(settings.key_dir),
+            self.policy,
+            checkpoint_every=settings.audit_checkpoint_every,
+        )
         self.search = SearchIndex(self.engine, self.policy)
         self.catalog = Catalog(self.engine, self.policy, self.search)
         self.derived = LocalBlobStore(settings.home / "derived", settings.tmp_dir)
@@ -78,8 +87,13 @@ class Hub:
         self.runner.stop()
 
     def verify(self) -> VerifyReport:
-        """Re-hash every blob and derived table the catalog refers to; report damage."""
+        """Re-hash every blob and derived table the catalog refers to, walk the audit
+        chain and check its signed checkpoints; report damage."""
         report = VerifyReport()
+        chain = self.audit.verify()
+        report.audit_entries_checked = chain.entries
+        report.checkpoints_checked = chain.checkpoints
+        report.problems.extend(str(p) for p in chain.problems)
         for sha, size in self.catalog.known_blobs():
             _check(report, self.blobs, sha, "blob", size)
         for sha in self.tables.known_parquet():

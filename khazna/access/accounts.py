@@ -27,6 +27,8 @@ class Principal:
     is_admin: bool = False
     # organization id -> role (admin, editor, member)
     roles: dict[int, str] = field(default_factory=dict)
+    # The token the request came with (its id, for the audit log), if any.
+    token_id: int | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -108,7 +110,7 @@ class Accounts:
         t, u = db.tokens, db.users
         with self.engine.connect() as conn:
             row = conn.execute(
-                select(u.c.id, u.c.name, u.c.is_admin)
+                select(u.c.id, u.c.name, u.c.is_admin, t.c.id.label("token_id"))
                 .join(t, t.c.user_id == u.c.id)
                 .where(t.c.token_hash == hash_token(token), t.c.revoked_at.is_(None))
             ).first()
@@ -123,5 +125,9 @@ class Accounts:
                 )
             }
         return Principal(
-            user_id=int(row.id), name=str(row.name), is_admin=bool(row.is_admin), roles=roles
+            user_id=int(row.id),
+            name=str(row.name),
+            is_admin=bool(row.is_admin),
+            roles=roles,
+            token_id=int(row.token_id),
         )
