@@ -699,3 +699,16 @@ def test_a_dataset_export_shows_its_entries_and_only_hashes_of_the_others(
     ok = run("audit", "check", str(export), "--public-key", key, home=tmp_path / "x")
     assert ok.returncode == 0, ok.stdout
     assert "OK, 2 entries for hcp/rgph and 4 as hashes only, chain 1-6" in ok.stdout
+
+
+def test_a_lost_head_row_is_remade_from_the_last_entry(tmp_path: Path) -> None:
+    hub = Hub(Settings.from_env(tmp_path / "hub"))
+    for i in range(3):
+        hub.audit.record(None, "read", detail={"i": i})
+    hub.close()
+    sql(tmp_path / "hub", "DELETE FROM audit_head")
+    hub = Hub(Settings.from_env(tmp_path / "hub"))
+    assert hub.audit.record(None, "read").seq == 4
+    report = hub.audit.verify()
+    assert (report.entries, report.problems) == (4, [])
+    hub.close()

@@ -33,7 +33,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from sqlalchemy import ColumnElement, Engine, and_, func, insert, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+    true,
+    update,
+)
 
 from khazna import db
 from khazna.access.accounts import Principal
@@ -262,6 +272,17 @@ class HubKey:
 
 # the log -------------------------------------------------------------------------------
 
+# Built once: an append is on the path of every download and query.
+_h = db.audit_head
+_TAKE_HEAD = (
+    update(_h)
+    .where(_h.c.id == _HEAD_ID)
+    .values(seq=_h.c.seq + bindparam("n"))
+    .returning(_h.c.seq, _h.c.hash)
+)
+_MOVE_HEAD = update(_h).where(_h.c.id == _HEAD_ID).values(hash=bindparam("new_hash"))
+_ADD_ENTRY = insert(db.audit_entries)
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -290,10 +311,14 @@ class AuditLog:
         self._ensure_head()
 
     def _ensure_head(self) -> None:
+        e = db.audit_entries
         with self.engine.begin() as conn:
-            conn.execute(
-                db.insert_ignore(conn, db.audit_head, {"id": _HEAD_ID, "seq": 0, "hash": GENESIS})
-            )
+            if conn.execute(select(db.audit_head.c.id)).first() is not None:
+                return
+            # A lost head row is remade from the last entry, so appends go on from there.
+            last = conn.execute(select(e.c.seq, e.c.hash).order_by(e.c.seq.desc())).first()
+            head = {"seq": 0, "hash": GENESIS} if last is None else dict(last._mapping)
+            conn.execute(db.insert_ignore(conn, db.audit_head, {"id": _HEAD_ID, **head}))
 
     # writing -----------------------------------------------------------------------------
 
@@ -329,15 +354,9 @@ class AuditLog:
         actor = who.name if who is not None else None
         token_id = who.token_id if who is not None else None
         n = len(subjects)
-        h = db.audit_head
         with self._lock or nullcontext(), self.engine.begin() as conn:
             # Taking the head row first is what makes concurrent appends queue.
-            head = conn.execute(
-                update(h)
-                .where(h.c.id == _HEAD_ID)
-                .values(seq=h.c.seq + n)
-                .returning(h.c.seq, h.c.hash)
-            ).one()
+            head = conn.execute(_TAKE_HEAD, {"n": n}).one()
             seq, prev = int(head.seq) - n, str(head.hash)
             entries = []
             for s in subjects:
@@ -349,11 +368,9 @@ class AuditLog:
                 entry = replace(unsigned, hash=unsigned.computed_hash())
                 entries.append(entry)
                 prev = entry.hash
-            conn.execute(
-                insert(db.audit_entries),
-                [{**e.as_dict(), "detail": detail_text} for e in entries],
-            )
-            conn.execute(update(h).where(h.c.id == _HEAD_ID).values(hash=prev))
+            rows = [{**e.as_dict(), "detail": detail_text} for e in entries]
+            conn.execute(_ADD_ENTRY, rows[0] if n == 1 else rows)
+            conn.execute(_MOVE_HEAD, {"new_hash": prev})
         first, last = entries[0].seq, entries[-1].seq
         if last // self.checkpoint_every > (first - 1) // self.checkpoint_every:
             self._sign(last, prev)
