@@ -128,7 +128,11 @@ def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
         tables, timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit
     )
     result: QueryResult = sandbox.run(body.sql)
-    _record_query(request, who, hub, body.sql, sorted(tables), fmt)
+    try:
+        _record_query(request, who, hub, body.sql, sorted(tables), fmt)
+    except BaseException:
+        result.close()
+        raise
     if fmt == "json":
         row_limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
         try:
