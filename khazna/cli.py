@@ -48,6 +48,11 @@ access_app = typer.Typer(
     "(client side as a publisher, or on the hub folder as its operator with --home).",
 )
 app.add_typer(access_app, name="access")
+audit_app = typer.Typer(
+    no_args_is_help=True,
+    help="The audit log: export it (server side), check an export offline, print the hub key.",
+)
+app.add_typer(audit_app, name="audit")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -124,22 +129,105 @@ def users_add(
             hub.catalog.organization(org)
             check_role(role)
         _, token = hub.accounts.add_user(name, admin=admin)
+        operator = hub.accounts.system_principal()
+        detail = {"user": name, "admin": admin}
+        hub.audit.record(operator, "user.create", detail=detail, client="cli")
         if org:
-            hub.catalog.add_member(hub.accounts.system_principal(), org, name, role)
+            hub.catalog.add_member(operator, org, name, role)
+            member = {"user": name, "role": role}
+            hub.audit.record(operator, "membership.change", org=org, detail=member, client="cli")
         err.print(f"user {name} created{' (admin)' if admin else ''}; its token is shown once:")
         print(token)
 
 
 @app.command()
 def verify(home: HomeOpt = None) -> None:
-    """Re-hash every stored blob; non-zero exit and a report on any damage."""
+    """Re-hash every stored blob and walk the audit chain; non-zero exit on any damage."""
     with _errors():
         report = _hub(home).verify()
     for problem in report.problems:
         out.print(f"[red]DAMAGED[/red] {problem}", highlight=False)
+    out.print(
+        f"{report.audit_entries_checked} audit entries and "
+        f"{report.checkpoints_checked} signed checkpoint(s) checked",
+        highlight=False,
+    )
     out.print(f"{report.blobs_checked} blob(s) checked, {len(report.problems)} problem(s)")
     if not report.ok:
         raise typer.Exit(1)
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Annotated[Path, typer.Option("-o", "--output", help="The file to write.")],
+    dataset: Annotated[
+        str | None,
+        typer.Option(metavar="ORG/NAME", help="Only this dataset's entries in full."),
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Write the audit log and a signed checkpoint of its head to a file (JSON Lines)."""
+    with _errors():
+        hub = _hub(home)
+        operator = hub.accounts.system_principal()
+        detail = {"file": output.name, "dataset": dataset}
+        hub.audit.record(operator, "audit.export", detail=detail, client="cli")
+        with open(output, "w", encoding="utf-8") as f:
+            summary = hub.audit.export(f, dataset=dataset)
+    cp = summary.checkpoint
+    redacted = f", {summary.redacted} of other datasets as hashes only" if dataset else ""
+    err.print(
+        f"{output}: {summary.entries} entries{redacted}; checkpoint at {cp.seq} signed by "
+        f"key {cp.key_id}",
+        highlight=False,
+    )
+
+
+@audit_app.command("check")
+def audit_check(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    public_key: Annotated[
+        str,
+        typer.Option(
+            "--public-key",
+            metavar="KEYFILE_OR_TEXT",
+            help="The hub's public key, as `khazna audit public-key` prints it, or a file.",
+        ),
+    ],
+) -> None:
+    """Check an export offline: every hash, every link and the signature."""
+    from khazna.access.audit import check_export, parse_public_key
+
+    with _errors():
+        text = public_key
+        if not text.strip().startswith(("ed25519:", "-----BEGIN")) and Path(text).is_file():
+            text = Path(text).read_text(encoding="utf-8")
+        key = parse_public_key(text)
+        with open(file, encoding="utf-8") as f:
+            result = check_export(f, key)
+    for problem in result.problems:
+        out.print(f"[red]BAD[/red] {problem}", highlight=False)
+    if not result.ok:
+        first = result.problems[0].seq if result.problems else 0
+        out.print(f"{file}: damaged, first bad position {first}", highlight=False)
+        raise typer.Exit(1)
+    assert result.checkpoint is not None
+    shown = f" for {result.dataset}" if result.dataset else ""
+    out.print(
+        f"{file}: OK, {result.entries} entries{shown} and {result.redacted} as hashes only, "
+        f"chain 1-{result.checkpoint.seq} signed at {result.checkpoint.at}",
+        highlight=False,
+    )
+
+
+@audit_app.command("public-key")
+def audit_public_key(home: HomeOpt = None) -> None:
+    """Print the hub's public key (made on first use), to check exports with."""
+    from khazna.access.audit import public_key_text
+
+    with _errors():
+        hub = _hub(home)
+        print(public_key_text(hub.audit.key.public()))
 
 
 # client side ---------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class Settings:
     # Quotas per token (per client address for anonymous callers); 0 turns one off.
     rate_limit_per_minute: int = 0
     daily_download_bytes: int = 0
+    # The audit log's head is signed every this many entries (and on each export).
+    audit_checkpoint_every: int = 1000
 
     @property
     def blob_dir(self) -> Path:
@@ -66,6 +68,10 @@ class Settings:
     @property
     def uploads_dir(self) -> Path:
         return self.home / "uploads"
+
+    @property
+    def key_dir(self) -> Path:
+        return self.home / "keys"
 
     @classmethod
     def from_env(cls, home: Path | str | None = None) -> Settings:
@@ -92,4 +98,7 @@ class Settings:
                 _number_env("KHAZNA_RATE_LIMIT_PER_MINUTE", 0, "requests per minute")
             ),
             daily_download_bytes=int(_number_env("KHAZNA_DAILY_DOWNLOAD_BYTES", 0, "bytes")),
+            audit_checkpoint_every=int(
+                _number_env("KHAZNA_AUDIT_CHECKPOINT_EVERY", 1000, "entries", positive=True)
+            ),
         )

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -242,6 +243,46 @@ table_names = Table(
     Column("file_name", String(255), nullable=False),
     Column("sql_name", String(200), nullable=False, unique=True),
     PrimaryKeyConstraint("dataset_id", "file_name"),
+)
+
+# The audit log (khazna/access/audit.py): append-only, each entry hashing the one before.
+# Times and details are stored as the exact text that was hashed.
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", String(40), nullable=False),
+    Column("actor", String(100), nullable=True),
+    Column("token_id", Integer, nullable=True),
+    Column("action", String(50), nullable=False),
+    Column("org", String(100), nullable=True),
+    Column("dataset", String(100), nullable=True),
+    Column("version", Integer, nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("client", String(200), nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_entries_org_dataset", audit_entries.c.org, audit_entries.c.dataset)
+
+# One row: the last position and hash. Updating it first is what serializes appends.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# The head of the chain at some position, signed with the hub's Ed25519 key.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("signature", String(100), nullable=False),
 )
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from khazna import db
 from khazna.access import AccessPolicy, Accounts
+from khazna.access.audit import AuditLog, HubKey
 from khazna.access.quotas import Quotas
 from khazna.access.requests import AccessRequests
 from khazna.catalog.search import make_search_index
@@ -23,6 +24,8 @@ from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 @dataclass
 class VerifyReport:
     blobs_checked: int = 0
+    audit_entries_checked: int = 0
+    checkpoints_checked: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -49,6 +52,12 @@ class Hub:
         self.policy = AccessPolicy()
         self.quotas = Quotas(settings.rate_limit_per_minute, settings.daily_download_bytes)
         self.search = make_search_index(self.engine, self.policy)
+        self.audit = AuditLog(
+            self.engine,
+            HubKey(settings.key_dir),
+            self.policy,
+            checkpoint_every=settings.audit_checkpoint_every,
+        )
         self.catalog = Catalog(self.engine, self.policy, self.search)
         self.access_requests = AccessRequests(self.engine, self.catalog, self.policy)
         self.derived = LocalBlobStore(settings.home / "derived", settings.tmp_dir)
@@ -90,8 +99,13 @@ class Hub:
         self.runner.stop()
 
     def verify(self) -> VerifyReport:
-        """Re-hash every blob and derived table the catalog refers to; report damage."""
+        """Re-hash every blob and derived table the catalog refers to, walk the audit
+        chain and check its signed checkpoints; report damage."""
         report = VerifyReport()
+        chain = self.audit.verify()
+        report.audit_entries_checked = chain.entries
+        report.checkpoints_checked = chain.checkpoints
+        report.problems.extend(str(p) for p in chain.problems)
         for sha, size in self.catalog.known_blobs():
             _check(report, self.blobs, sha, "blob", size)
         for sha in self.tables.known_parquet():

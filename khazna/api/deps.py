@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -32,7 +32,20 @@ def get_principal(request: Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("the Authorization header must be 'Bearer TOKEN'")
-    return get_hub(request).accounts.authenticate(token.strip())
+    who = get_hub(request).accounts.authenticate(token.strip())
+    # For the audit entry of a refusal, which the error handler writes.
+    request.state.principal = who
+    return who
+
+
+def client_address(request: Request) -> str | None:
+    """Where the request came from, for the audit log: the connecting address."""
+    return request.client.host if request.client is not None else None
+
+
+def record(request: Request, who: Principal, action: str, **entry: Any) -> None:
+    """Append an audit entry for this request (``org``, ``dataset``, ``version``, ``detail``)."""
+    get_hub(request).audit.record(who, action, client=client_address(request), **entry)
 
 
 def quota_key(request: Request, who: Principal) -> str:

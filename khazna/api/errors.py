@@ -8,10 +8,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from khazna.errors import KhaznaError, OverQuota, RangeNotSatisfiable
+from khazna.access.accounts import ANONYMOUS, Principal
+from khazna.api.deps import record
+from khazna.errors import Forbidden, KhaznaError, OverQuota, RangeNotSatisfiable, Unauthorized
 
 log = logging.getLogger("khazna")
 
@@ -43,9 +46,31 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _record_refusal(request: Request, exc: KhaznaError) -> None:
+    """Every 401 and 403 goes to the audit log, with the rule that refused."""
+    who: Principal = getattr(request.state, "principal", ANONYMOUS)
+    params = request.path_params
+    org = params.get("org")
+    record(
+        request,
+        who,
+        "denied",
+        org=org,
+        dataset=params.get("name") if org is not None else None,
+        detail={
+            "status": exc.status,
+            "rule": exc.message,
+            "method": request.method,
+            "path": request.url.path,
+        },
+    )
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(KhaznaError)
-    async def _khazna(_: Request, exc: KhaznaError) -> JSONResponse:
+    async def _khazna(request: Request, exc: KhaznaError) -> JSONResponse:
+        if isinstance(exc, Unauthorized | Forbidden):
+            await run_in_threadpool(_record_refusal, request, exc)
         headers = None
         if isinstance(exc, RangeNotSatisfiable) and "size" in exc.details:
             headers = {"Content-Range": f"bytes */{exc.details['size']}"}

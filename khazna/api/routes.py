@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from khazna import __version__
 from khazna.api.bodies import body_chunks, header_text
-from khazna.api.deps import HubDep, Who, check_caller, quota_key
+from khazna.api.deps import HubDep, Who, check_caller, quota_key, record
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
@@ -86,8 +86,12 @@ def me(who: Who, hub: HubDep) -> dict[str, Any]:
 
 
 @router.post("/organizations", status_code=201, tags=["organizations"])
-def create_organization(body: OrganizationIn, who: Who, hub: HubDep) -> dict[str, Any]:
-    return hub.catalog.create_organization(who, body.name, body.title, body.description)
+def create_organization(
+    body: OrganizationIn, request: Request, who: Who, hub: HubDep
+) -> dict[str, Any]:
+    created = hub.catalog.create_organization(who, body.name, body.title, body.description)
+    record(request, who, "organization.create", org=body.name)
+    return created
 
 
 @router.get("/organizations", tags=["organizations"])
@@ -104,8 +108,10 @@ def get_organization(org: str, who: Who, hub: HubDep) -> dict[str, Any]:
 
 
 @router.put("/organizations/{org}/members", status_code=204, tags=["organizations"])
-def set_member(org: str, body: MemberIn, who: Who, hub: HubDep) -> Response:
+def set_member(org: str, body: MemberIn, request: Request, who: Who, hub: HubDep) -> Response:
     hub.catalog.add_member(who, org, body.user, body.role)
+    detail = {"user": body.user, "role": body.role}
+    record(request, who, "membership.change", org=org, detail=detail)
     return Response(status_code=204)
 
 
@@ -117,8 +123,8 @@ def _summary(d: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/datasets", status_code=201, tags=["datasets"])
-def create_dataset(body: DatasetIn, who: Who, hub: HubDep) -> dict[str, Any]:
-    return hub.catalog.create_dataset(
+def create_dataset(body: DatasetIn, request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
+    created = hub.catalog.create_dataset(
         who,
         body.org,
         body.name,
@@ -128,6 +134,16 @@ def create_dataset(body: DatasetIn, who: Who, hub: HubDep) -> dict[str, Any]:
         license=body.license,
         access=body.access,
     )
+    record(
+        request,
+        who,
+        "dataset.create",
+        org=body.org,
+        dataset=body.name,
+        version=0,
+        detail={"access": created["access"]},
+    )
+    return created
 
 
 @router.get("/datasets/{org}/{name}", tags=["datasets"])
@@ -137,9 +153,14 @@ def get_dataset(org: str, name: str, who: Who, hub: HubDep) -> dict[str, Any]:
 
 @router.patch("/datasets/{org}/{name}", tags=["datasets"])
 def update_dataset(
-    org: str, name: str, body: DatasetPatch, who: Who, hub: HubDep
+    org: str, name: str, body: DatasetPatch, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
-    return hub.catalog.update_dataset(who, org, name, body.model_dump(exclude_unset=True))
+    changes = body.model_dump(exclude_unset=True)
+    updated = hub.catalog.update_dataset(who, org, name, changes)
+    # Changing the access level changes who may read: a permission change.
+    action = "permission.change" if "access" in changes else "dataset.update"
+    record(request, who, action, org=org, dataset=name, detail={"changes": changes})
+    return updated
 
 
 @router.get("/datasets/{org}/{name}/versions", tags=["datasets"])
@@ -160,13 +181,19 @@ def download_file(
 ) -> Response:
     ref = hub.catalog.resolve_file(who, org, name, file, version)
     key = quota_key(request, who)
-    return file_response(
+    response = file_response(
         request,
         hub.blobs,
         ref,
         pinned=version is not None,
         reserve=lambda length: hub.quotas.download(key, length),
     )
+    if request.method == "GET":
+        detail = {"file": file, "sha256": ref.file.sha256, "status": response.status_code}
+        if response.status_code == 206:
+            detail["range"] = response.headers["content-range"]
+        record(request, who, "download", org=org, dataset=name, version=ref.version, detail=detail)
+    return response
 
 
 @router.put("/datasets/{org}/{name}/files/{file}", tags=["files"])
@@ -208,6 +235,18 @@ async def upload_file(
             table_options={file: options},
         )
     )
+    await run_in_threadpool(
+        partial(
+            record,
+            request,
+            who,
+            "upload",
+            org=org,
+            dataset=name,
+            version=committed.version,
+            detail={"files": [{"name": file, "sha256": blob.sha256, "size": blob.size}]},
+        )
+    )
     job = committed.jobs.get(file)
     return {
         "name": file,
@@ -219,9 +258,20 @@ async def upload_file(
 
 
 @router.delete("/datasets/{org}/{name}/files/{file}", tags=["files"])
-def delete_file(org: str, name: str, file: str, who: Who, hub: HubDep) -> dict[str, Any]:
+def delete_file(
+    org: str, name: str, file: str, request: Request, who: Who, hub: HubDep
+) -> dict[str, Any]:
     """Make a new version without the file; older versions keep it."""
     committed = hub.catalog.commit_version(who, org, name, {file: None}, message=f"removed {file}")
+    record(
+        request,
+        who,
+        "delete",
+        org=org,
+        dataset=name,
+        version=committed.version,
+        detail={"file": file},
+    )
     return {"version": committed.version}
 
 
@@ -256,8 +306,20 @@ async def upload_chunk(
 
 
 @router.post("/uploads/{session_id}/commit", tags=["uploads"])
-def commit_upload(session_id: str, who: Who, hub: HubDep) -> dict[str, Any]:
-    return hub.uploads.commit(who, session_id)
+def commit_upload(session_id: str, request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
+    done = hub.uploads.commit(who, session_id)
+    org, name = hub.uploads.dataset_of(session_id)
+    files = [{k: f[k] for k in ("name", "sha256", "size")} for f in done["files"]]
+    record(
+        request,
+        who,
+        "upload",
+        org=org,
+        dataset=name,
+        version=done["version"],
+        detail={"session": session_id, "files": files},
+    )
+    return done
 
 
 @router.delete("/uploads/{session_id}", status_code=204, tags=["uploads"])

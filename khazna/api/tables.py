@@ -9,8 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from khazna.api.deps import HubDep, Who, check_caller
+from khazna.access.accounts import Principal
+from khazna.access.audit import Subject
+from khazna.api.deps import HubDep, Who, check_caller, client_address, record
 from khazna.errors import NotFound
+from khazna.hub import Hub
 from khazna.tables.query import QueryResult, Sandbox, parse_filters, read_rows, referenced_tables
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_caller)])
@@ -50,9 +53,11 @@ def table_rows(
 ) -> JSONResponse:
     """Rows of a table: ``col=value`` and ``col__gt|gte|lt|lte|ne|contains|in|isnull``
     filters, ``sort=col`` or ``-col``, ``limit/offset``, or keyset paging with ``next``."""
-    table, _ = hub.tables.table(who, org, name, file, version)
+    table, _, number = hub.tables.table(who, org, name, file, version)
     filters = parse_filters(request.query_params.multi_items(), ROW_PARAMS)
     page = read_rows(table, limit=limit, offset=offset, sort=sort, filters=filters, cursor=next)
+    detail = {"file": file, "sql_name": table.sql_name, "query": request.url.query}
+    record(request, who, "rows", org=org, dataset=name, version=number, detail=detail)
     return JSONResponse(page)
 
 
@@ -61,11 +66,14 @@ def table_schema(
     org: str,
     name: str,
     file: str,
+    request: Request,
     who: Who,
     hub: HubDep,
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    table, asset = hub.tables.table(who, org, name, file, version)
+    table, asset, number = hub.tables.table(who, org, name, file, version)
+    detail = {"file": file, "sql_name": table.sql_name}
+    record(request, who, "schema", org=org, dataset=name, version=number, detail=detail)
     return {
         "sql_name": table.sql_name,
         "rows": table.rows,
@@ -82,11 +90,14 @@ def table_profile(
     org: str,
     name: str,
     file: str,
+    request: Request,
     who: Who,
     hub: HubDep,
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    table, asset = hub.tables.table(who, org, name, file, version)
+    table, asset, number = hub.tables.table(who, org, name, file, version)
+    detail = {"file": file, "sql_name": table.sql_name}
+    record(request, who, "profile", org=org, dataset=name, version=number, detail=detail)
     return {
         "sql_name": table.sql_name,
         "rows": table.rows,
@@ -117,6 +128,11 @@ def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
         tables, timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit
     )
     result: QueryResult = sandbox.run(body.sql)
+    try:
+        _record_query(request, who, hub, body.sql, sorted(tables), fmt)
+    except BaseException:
+        result.close()
+        raise
     if fmt == "json":
         row_limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
         try:
@@ -127,6 +143,20 @@ def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
     stream = {"csv": result.csv, "parquet": result.parquet, "arrow": result.arrow_stream}[fmt]
     media = next(m for m, f in FORMATS.items() if f == fmt)
     return StreamingResponse(_closing(stream(), result), media_type=media)
+
+
+def _record_query(
+    request: Request, who: Principal, hub: Hub, sql: str, tables: list[str], fmt: str
+) -> None:
+    """One entry per dataset the query read, so each publisher sees it in their log."""
+    owners = hub.tables.datasets_of(tables)
+    subjects = sorted(
+        {Subject(*owners[t]) for t in tables if t in owners},
+        key=lambda s: (s.org or "", s.dataset or ""),
+    )
+    detail = {"sql": sql, "tables": tables, "format": fmt}
+    client = client_address(request)
+    hub.audit.record_each(who, "query", subjects or [Subject()], detail=detail, client=client)
 
 
 def _closing(chunks: Iterator[bytes], result: QueryResult) -> Iterator[bytes]:

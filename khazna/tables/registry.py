@@ -302,8 +302,9 @@ class Tables:
 
     def table(
         self, who: Principal, org: str, name: str, file_name: str, version: int | None = None
-    ) -> tuple[TableRef, Any]:
-        """The table of a file the caller may read, with its asset row; 404/409/422 else."""
+    ) -> tuple[TableRef, Any, int]:
+        """The table of a file the caller may read, with its asset row and the version it
+        is of; 404/409/422 else."""
         ref = self.catalog.resolve_file(who, org, name, file_name, version)
         if not ingesting.is_table(file_name):
             raise NotFound(f"{file_name!r} is not a table")
@@ -325,7 +326,7 @@ class Tables:
             )
         if asset.status != "ready":
             raise Unprocessable(f"{file_name!r} could not be read as a table: {asset.error}")
-        return self._ref(str(sql_name), asset), asset
+        return self._ref(str(sql_name), asset), asset, ref.version
 
     def _ref(self, sql_name: str, asset: Any) -> TableRef:
         return TableRef(
@@ -363,6 +364,20 @@ class Tables:
                 if asset.status == "ready":
                     out[str(r.sql_name)] = self._ref(str(r.sql_name), asset)
         return out
+
+    def datasets_of(self, sql_names: list[str]) -> dict[str, tuple[str, str, int]]:
+        """``sql_name -> (org, dataset, current version)``, for the audit log."""
+        if not sql_names:
+            return {}
+        t, d, o = db.table_names, db.datasets, db.organizations
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.sql_name, o.c.name.label("org"), d.c.name, d.c.current_version)
+                .join(d, d.c.id == t.c.dataset_id)
+                .join(o, o.c.id == d.c.org_id)
+                .where(t.c.sql_name.in_(sql_names))
+            ).all()
+        return {str(r.sql_name): (str(r.org), str(r.name), int(r.current_version)) for r in rows}
 
     def known_parquet(self) -> list[str]:
         a = db.table_assets
