@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from khazna.storage.location import StorageLocation, check_jurisdiction, parse_s3_url
+
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1000**3  # 50 GB
 
 
@@ -51,6 +53,18 @@ class Settings:
     sql_timeout_s: float = 30.0
     sql_memory_limit: str = "1GB"
     sql_row_limit: int = 10_000
+    # Where blobs and derived Parquet live: None for KHAZNA_HOME on local disk, or an
+    # s3://bucket[/prefix]?endpoint=&region= URL; and the jurisdiction that place is under.
+    storage_url: str | None = None
+    storage_jurisdiction: str | None = None
+
+    @property
+    def storage(self) -> StorageLocation:
+        if self.storage_url:
+            return StorageLocation(
+                "s3", self.storage_jurisdiction, s3=parse_s3_url(self.storage_url)
+            )
+        return StorageLocation("local", self.storage_jurisdiction)
 
     @property
     def blob_dir(self) -> Path:
@@ -85,4 +99,19 @@ class Settings:
             sql_timeout_s=_number_env("KHAZNA_SQL_TIMEOUT_S", 30.0, "seconds", positive=True),
             sql_memory_limit=_memory_env("KHAZNA_SQL_MEMORY_LIMIT", "1GB"),
             sql_row_limit=int(_number_env("KHAZNA_SQL_ROW_LIMIT", 10_000, "rows", positive=True)),
+            storage_url=_storage_url_env(),
+            storage_jurisdiction=_jurisdiction_env(),
         )
+
+
+def _storage_url_env() -> str | None:
+    raw = (os.environ.get("KHAZNA_STORAGE_URL") or "").strip()
+    if not raw:
+        return None
+    parse_s3_url(raw)  # refused early, with the reason
+    return raw
+
+
+def _jurisdiction_env() -> str | None:
+    raw = (os.environ.get("KHAZNA_STORAGE_JURISDICTION") or "").strip()
+    return check_jurisdiction(raw, "KHAZNA_STORAGE_JURISDICTION") if raw else None

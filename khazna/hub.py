@@ -11,7 +11,7 @@ from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
 from khazna.jobs import JobQueue, JobRunner
-from khazna.storage.blobstore import LocalBlobStore
+from khazna.storage.blobstore import BlobStore, LocalBlobStore
 from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 
 
@@ -36,12 +36,12 @@ class Hub:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.engine = db.make_engine(settings.database_url)
         db.create_schema(self.engine)
-        self.blobs = LocalBlobStore(settings.blob_dir, settings.tmp_dir)
+        self.storage = settings.storage
+        self.blobs, self.derived = _stores(settings)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
         self.search = SearchIndex(self.engine, self.policy)
-        self.catalog = Catalog(self.engine, self.policy, self.search)
-        self.derived = LocalBlobStore(settings.home / "derived", settings.tmp_dir)
+        self.catalog = Catalog(self.engine, self.policy, self.search, storage=self.storage)
         self.jobs = JobQueue(self.engine, lease_s=settings.job_lease_s)
         self.tables = Tables(
             self.engine,
@@ -91,8 +91,22 @@ class Hub:
         self.engine.dispose()
 
 
+def _stores(settings: Settings) -> tuple[BlobStore, BlobStore]:
+    """Originals and derived Parquet: on local disk under KHAZNA_HOME, or in one bucket."""
+    location = settings.storage
+    if location.s3 is None:
+        return (
+            LocalBlobStore(settings.blob_dir, settings.tmp_dir),
+            LocalBlobStore(settings.home / "derived", settings.tmp_dir),
+        )
+    from khazna.storage.s3 import S3BlobStore, make_client  # boto3 only when used
+
+    client = make_client(location.s3)
+    return S3BlobStore(location.s3, "blobs", client), S3BlobStore(location.s3, "derived", client)
+
+
 def _check(
-    report: VerifyReport, store: LocalBlobStore, sha: str, what: str, size: int | None = None
+    report: VerifyReport, store: BlobStore, sha: str, what: str, size: int | None = None
 ) -> None:
     """One content-addressed file: present, of the recorded size, hashing to its name."""
     report.blobs_checked += 1

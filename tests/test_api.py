@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DATA, DATA_FILES, Api
+from tests.conftest import DATA, DATA_FILES, Api, read_blob, stored_blobs
 
 API = "/api/v1"
 ORG = "ministere-sante"
@@ -81,7 +81,8 @@ def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 
 def blobs_on_disk(api: Api) -> list[str]:
-    return sorted(p.name for p in api.hub.settings.blob_dir.glob("??/??/*"))
+    """Blobs the hub holds: files on local disk or objects in its bucket."""
+    return stored_blobs(api.hub)
 
 
 def temporaries(api: Api) -> list[str]:
@@ -252,6 +253,8 @@ def test_editor_creates_a_multilingual_dataset(api: Api) -> None:
         "tags": ["census", "population"],
         "license": "CC-BY-4.0",
         "access": "public",
+        "residency": None,
+        "storage": api.hub.storage.as_dict(),
         "version": 0,
         "files": [],
     }
@@ -454,8 +457,7 @@ def test_blobs_are_stored_under_their_hash(api: Api) -> None:
     data = REGIONS.read_bytes()
     assert put(api, "rangement", "regions.csv", data).status_code == 200
     digest = sha(data)
-    blob = api.hub.settings.blob_dir / digest[:2] / digest[2:4] / digest
-    assert blob.read_bytes() == data
+    assert read_blob(api.hub, digest) == data
 
 
 def test_identical_content_is_stored_once_and_makes_no_new_version(api: Api) -> None:

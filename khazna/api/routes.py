@@ -46,6 +46,7 @@ class DatasetIn(BaseModel):
     tags: list[str] | None = None
     license: str | None = None
     access: str = "public"
+    residency: str | None = None
 
 
 class DatasetPatch(BaseModel):
@@ -55,6 +56,7 @@ class DatasetPatch(BaseModel):
     tags: list[str] | None = None
     license: str | None = None
     access: str | None = None
+    residency: str | None = None
 
 
 class UploadFileIn(BaseModel):
@@ -127,6 +129,7 @@ def create_dataset(body: DatasetIn, who: Who, hub: HubDep) -> dict[str, Any]:
         tags=body.tags,
         license=body.license,
         access=body.access,
+        residency=body.residency,
     )
 
 
