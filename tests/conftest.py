@@ -45,9 +45,11 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 
 @pytest.fixture
-def s3_url(seaweed: SeaweedFS) -> str:
-    """KHAZNA_STORAGE_URL for a fresh, empty bucket."""
-    return f"s3://{seaweed.new_bucket()}?endpoint={seaweed.endpoint}"
+def s3_url(seaweed: SeaweedFS) -> Iterator[str]:
+    """KHAZNA_STORAGE_URL for a fresh, empty bucket, deleted after the test."""
+    bucket = seaweed.new_bucket()
+    yield f"s3://{bucket}?endpoint={seaweed.endpoint}"
+    seaweed.drop_bucket(bucket)
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +58,9 @@ def _storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     environment) store their bytes in a bucket of their own test."""
     if S3_MODE:
         monkeypatch.setenv("KHAZNA_STORAGE_URL", request.getfixturevalue("s3_url"))
+    else:  # hermetic whatever the developer's shell holds
+        monkeypatch.delenv("KHAZNA_STORAGE_URL", raising=False)
+    monkeypatch.delenv("KHAZNA_STORAGE_JURISDICTION", raising=False)
 
 
 @pytest.fixture

@@ -79,6 +79,9 @@ class SeaweedFS:
             "-admin.ui=false",
             "-master.telemetry=false",
             "-s3.port.iceberg=0",
+            # Each bucket is a collection with volumes of its own; small volumes let many
+            # buckets live at once (their count is free disk space / this size).
+            "-master.volumeSizeLimitMB=64",
             "-s3.port.lance=0",
             *(f"-{flag}={port}" for flag, port in ports.items()),
         ]
@@ -119,6 +122,15 @@ class SeaweedFS:
         name = f"t-{uuid.uuid4().hex[:16]}"
         self.client.create_bucket(Bucket=name)
         return name
+
+    def drop_bucket(self, bucket: str) -> None:
+        """Empty and delete a bucket: its collection's volumes are freed for the next ones."""
+        uploads = self.client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        for u in uploads:
+            self.client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+        for key in self.keys(bucket):
+            self.client.delete_object(Bucket=bucket, Key=key)
+        self.client.delete_bucket(Bucket=bucket)
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         out: list[str] = []

@@ -238,7 +238,8 @@ class Tables:
         columns = [ingesting.Column(c["name"], c["type"]) for c in asset.columns]
         work = self.work_dir / f"job-{job.id}"
         shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        if self.derived.filesystem is not None:
+            work.mkdir(parents=True)  # the Parquet is copied here from object storage
         try:
             stats = ingesting.profile(
                 self.derived.local_file(asset.parquet_sha256, work),
