@@ -23,6 +23,7 @@ import hashlib
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,7 +44,10 @@ from khazna.storage.location import S3Location
 
 PART_SIZE = 8 * 1024 * 1024
 # Parts of one upload in flight at once: memory per upload is about (this + 1) * PART_SIZE.
-PARTS_IN_FLIGHT = 2
+PARTS_IN_FLIGHT = 4
+# Bytes of Parquet kept in memory by the filesystem DuckDB reads through. Objects are
+# content-addressed, so a cached range never goes stale.
+READ_CACHE_BYTES = 256 * 1024 * 1024
 # A temporary object or multipart upload older than this was abandoned by a dead process.
 STALE_AFTER_S = 24 * 3600
 _TRANSFER = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=PART_SIZE)
@@ -328,18 +332,16 @@ class S3BlobStore:
 class _RangeFile(AbstractBufferedFile):  # type: ignore[misc]
     def _fetch_range(self, start: int, end: int) -> bytes:
         fs: S3ReadFileSystem = self.fs
-        bucket, key = fs.split(self.path)
-        answer = fs.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
-        data: bytes = answer["Body"].read()
-        fs.count(end - start, len(data))
-        return data
+        return fs.read_range(self.path, start, end)
 
 
 class S3ReadFileSystem(AbstractFileSystem):  # type: ignore[misc]
     """Read-only ``s3://bucket/key`` files for DuckDB (``register_filesystem``), whose wheel
     has no httpfs. Every read is one ranged GET of exactly the bytes DuckDB asks for (no
     read-ahead cache): DuckDB reads only the footer and the column chunks a query needs,
-    and keeps what it read in its own external file cache."""
+    and the ranges read are kept (up to READ_CACHE_BYTES, least recently used out): DuckDB's
+    own external file cache does not cover a Python filesystem, and without this every
+    query would fetch its column chunks again."""
 
     protocol = ("s3",)
     cachable = False  # one per store; fsspec's instance cache would share across hubs
@@ -348,13 +350,32 @@ class S3ReadFileSystem(AbstractFileSystem):  # type: ignore[misc]
         super().__init__()
         self.client = client
         self._lock = threading.Lock()
-        self.requests = 0
+        self._ranges: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._cached_bytes = 0
+        self._sizes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.requests = 0  # GETs sent, and the bytes they brought: what tests measure
         self.bytes_fetched = 0
 
-    def count(self, asked: int, got: int) -> None:
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an object: from the cache, or one ranged GET."""
+        key = (path, start, end)
+        with self._lock:
+            if (hit := self._ranges.get(key)) is not None:
+                self._ranges.move_to_end(key)
+                return hit
+        bucket, name = self.split(path)
+        answer = self.client.get_object(Bucket=bucket, Key=name, Range=f"bytes={start}-{end - 1}")
+        data: bytes = answer["Body"].read()
         with self._lock:
             self.requests += 1
-            self.bytes_fetched += got
+            self.bytes_fetched += len(data)
+            if len(data) <= READ_CACHE_BYTES // 4 and key not in self._ranges:
+                self._ranges[key] = data
+                self._cached_bytes += len(data)
+                while self._cached_bytes > READ_CACHE_BYTES:
+                    _, dropped = self._ranges.popitem(last=False)
+                    self._cached_bytes -= len(dropped)
+        return data
 
     def split(self, path: str) -> tuple[str, str]:
         bucket, _, key = self._strip_protocol(path).partition("/")
@@ -378,18 +399,27 @@ class S3ReadFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         bucket, key = self.split(path)
+        name = f"{bucket}/{key}"
+        with self._lock:
+            if (known := self._sizes.get(name)) is not None:
+                return known  # an object, once there, never changes
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if _missing(exc):
                 raise FileNotFoundError(path) from exc
             raise
-        return {
-            "name": f"{bucket}/{key}",
+        found = {
+            "name": name,
             "size": int(head["ContentLength"]),
             "type": "file",
             "LastModified": head["LastModified"],
         }
+        with self._lock:
+            self._sizes[name] = found
+            if len(self._sizes) > 10_000:
+                self._sizes.popitem(last=False)
+        return found
 
     def modified(self, path: str) -> dt.datetime:
         when: dt.datetime = self.info(path)["LastModified"]
