@@ -24,7 +24,7 @@ from khazna.storage.s3 import PART_SIZE, S3BlobStore
 from khazna.tables.query import Column, Sandbox, TableRef, read_rows
 from tests.conftest import Api
 from tests.seaweedfs import SeaweedFS
-from tests.test_query import BIG_SQL, FILES, NOT_SELECT
+from tests.test_query import BIG_SQL, ESCAPES, FILES, NOT_SELECT
 from tests.test_tables_api import ORG, REGIONS, REGIONS_SQL, publish
 
 API = "/api/v1"
@@ -306,6 +306,19 @@ def test_escapes_from_an_s3_table_are_refused(
     )
     with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
         Sandbox({"mine": s3_tables["mine"]}).run(text).json(10)
+
+
+@pytest.mark.parametrize(("sql", "message"), ESCAPES)
+def test_every_local_escape_is_refused_with_an_s3_table_too(
+    hub: Hub, tmp_path: Path, sql: str, message: str
+) -> None:
+    """tests/test_query.py's whole list, with its table `regions` in the bucket."""
+    store = hub.derived
+    assert isinstance(store, S3BlobStore)
+    regions = _s3_table(store, tmp_path, "regions", "SELECT 1 AS code, 'Tanger' AS capital")
+    (tmp_path / "big.parquet").write_bytes(b"")  # what {folder} globs would find
+    with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
+        Sandbox({"regions": regions}).run(sql.format(folder=tmp_path)).json(10)
 
 
 def test_the_other_table_is_readable_only_by_a_caller_given_it(
