@@ -44,7 +44,7 @@ from khazna.storage.location import S3Location
 
 PART_SIZE = 8 * 1024 * 1024
 # Parts of one upload in flight at once: memory per upload is about (this + 1) * PART_SIZE.
-PARTS_IN_FLIGHT = 4
+PARTS_IN_FLIGHT = 2
 # Bytes of Parquet kept in memory by the filesystem DuckDB reads through. Objects are
 # content-addressed, so a cached range never goes stale.
 READ_CACHE_BYTES = 256 * 1024 * 1024
