@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from khazna.storage.location import StorageLocation, check_jurisdiction, parse_s3_url
+
 DEFAULT_MAX_UPLOAD_BYTES = 50 * 1000**3  # 50 GB
 
 
@@ -56,6 +58,18 @@ class Settings:
     daily_download_bytes: int = 0
     # The audit log's head is signed every this many entries (and on each export).
     audit_checkpoint_every: int = 1000
+    # Where blobs and derived Parquet live: None for KHAZNA_HOME on local disk, or an
+    # s3://bucket[/prefix]?endpoint=&region= URL; and the jurisdiction that place is under.
+    storage_url: str | None = None
+    storage_jurisdiction: str | None = None
+
+    @property
+    def storage(self) -> StorageLocation:
+        if self.storage_url:
+            return StorageLocation(
+                "s3", self.storage_jurisdiction, s3=parse_s3_url(self.storage_url)
+            )
+        return StorageLocation("local", self.storage_jurisdiction)
 
     @property
     def blob_dir(self) -> Path:
@@ -101,4 +115,19 @@ class Settings:
             audit_checkpoint_every=int(
                 _number_env("KHAZNA_AUDIT_CHECKPOINT_EVERY", 1000, "entries", positive=True)
             ),
+            storage_url=_storage_url_env(),
+            storage_jurisdiction=_jurisdiction_env(),
         )
+
+
+def _storage_url_env() -> str | None:
+    raw = (os.environ.get("KHAZNA_STORAGE_URL") or "").strip()
+    if not raw:
+        return None
+    parse_s3_url(raw)  # refused early, with the reason
+    return raw
+
+
+def _jurisdiction_env() -> str | None:
+    raw = (os.environ.get("KHAZNA_STORAGE_JURISDICTION") or "").strip()
+    return check_jurisdiction(raw, "KHAZNA_STORAGE_JURISDICTION") if raw else None

@@ -110,6 +110,8 @@ datasets = Table(
     Column("description", JSON, nullable=False),
     Column("license", String(100), nullable=False, default=""),
     Column("access", String(20), nullable=False, default="public"),
+    # Jurisdiction (ISO 3166-1 alpha-2) the dataset's bytes must stay in; None: anywhere.
+    Column("residency", String(2), nullable=True),
     Column("current_version", Integer, nullable=False, default=0),
     Column("created_by", Integer, ForeignKey("users.id"), nullable=True),
     _ts("created_at"),

@@ -36,6 +36,12 @@ class Forbidden(KhaznaError):
     code = "forbidden"
 
 
+class ResidencyRefused(Forbidden):
+    """The dataset's bytes must stay in a jurisdiction the hub's storage is not in."""
+
+    code = "residency"
+
+
 class NotFound(KhaznaError):
     status = 404
     code = "not_found"

@@ -17,7 +17,7 @@ from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
 from khazna.jobs import JobQueue, JobRunner
-from khazna.storage.blobstore import LocalBlobStore
+from khazna.storage.blobstore import BlobStore, LocalBlobStore
 from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 
 
@@ -47,7 +47,8 @@ class Hub:
                 "cannot open the metadata database "
                 f"{where.render_as_string(hide_password=True)}: {reason}"
             ) from exc
-        self.blobs = LocalBlobStore(settings.blob_dir, settings.tmp_dir)
+        self.storage = settings.storage
+        self.blobs, self.derived = _stores(settings)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
         self.quotas = Quotas(settings.rate_limit_per_minute, settings.daily_download_bytes)
@@ -58,9 +59,8 @@ class Hub:
             self.policy,
             checkpoint_every=settings.audit_checkpoint_every,
         )
-        self.catalog = Catalog(self.engine, self.policy, self.search)
+        self.catalog = Catalog(self.engine, self.policy, self.search, storage=self.storage)
         self.access_requests = AccessRequests(self.engine, self.catalog, self.policy)
-        self.derived = LocalBlobStore(settings.home / "derived", settings.tmp_dir)
         self.jobs = JobQueue(self.engine, lease_s=settings.job_lease_s)
         self.tables = Tables(
             self.engine,
@@ -117,8 +117,22 @@ class Hub:
         self.engine.dispose()
 
 
+def _stores(settings: Settings) -> tuple[BlobStore, BlobStore]:
+    """Originals and derived Parquet: on local disk under KHAZNA_HOME, or in one bucket."""
+    location = settings.storage
+    if location.s3 is None:
+        return (
+            LocalBlobStore(settings.blob_dir, settings.tmp_dir),
+            LocalBlobStore(settings.home / "derived", settings.tmp_dir),
+        )
+    from khazna.storage.s3 import S3BlobStore, make_client  # boto3 only when used
+
+    client = make_client(location.s3)
+    return S3BlobStore(location.s3, "blobs", client), S3BlobStore(location.s3, "derived", client)
+
+
 def _check(
-    report: VerifyReport, store: LocalBlobStore, sha: str, what: str, size: int | None = None
+    report: VerifyReport, store: BlobStore, sha: str, what: str, size: int | None = None
 ) -> None:
     """One content-addressed file: present, of the recorded size, hashing to its name."""
     report.blobs_checked += 1

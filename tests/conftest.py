@@ -24,6 +24,10 @@ from khazna.app import create_app
 from khazna.catalog.search import FTS_TABLE as SEARCH_TABLE
 from khazna.config import Settings
 from khazna.hub import Hub
+from khazna.storage.blobstore import LocalBlobStore
+from khazna.storage.location import parse_s3_url
+from khazna.storage.s3 import S3BlobStore, make_client
+from tests.seaweedfs import SeaweedFS
 
 REPO = Path(__file__).resolve().parent.parent
 _SHARED = REPO.parent / "shared" / "data"
@@ -31,6 +35,37 @@ _SHARED = REPO.parent / "shared" / "data"
 DATA = _SHARED if _SHARED.is_dir() else REPO / "khazna" / "demo" / "data"
 # Every real fixture file, SOURCES.md included: all of them must round-trip byte-exact.
 DATA_FILES = sorted(p for p in DATA.rglob("*") if p.is_file())
+# KHAZNA_TEST_STORAGE=s3 runs every test with blobs and Parquet in SeaweedFS, a fresh bucket
+# per test; the default keeps them on local disk.
+S3_MODE = os.environ.get("KHAZNA_TEST_STORAGE", "local") == "s3"
+local_disk_only = pytest.mark.skipif(S3_MODE, reason="looks at local blob files by nature")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One SeaweedFS for the whole session, started on first use."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(seaweed: SeaweedFS) -> Iterator[str]:
+    """KHAZNA_STORAGE_URL for a fresh, empty bucket, deleted after the test."""
+    bucket = seaweed.new_bucket()
+    yield f"s3://{bucket}?endpoint={seaweed.endpoint}"
+    seaweed.drop_bucket(bucket)
+
+
+@pytest.fixture(autouse=True)
+def _storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In S3 mode, hubs made in-process and `khazna serve` subprocesses (which inherit the
+    environment) store their bytes in a bucket of their own test."""
+    if S3_MODE:
+        monkeypatch.setenv("KHAZNA_STORAGE_URL", request.getfixturevalue("s3_url"))
+    else:  # hermetic whatever the developer's shell holds
+        monkeypatch.delenv("KHAZNA_STORAGE_URL", raising=False)
+    monkeypatch.delenv("KHAZNA_STORAGE_JURISDICTION", raising=False)
 
 
 # The metadata database of the tests: unset, each hub keeps its own SQLite file (the
@@ -304,8 +339,44 @@ def live_factory(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 
 
 def leftovers(home: Path) -> dict[str, list[str]]:
-    """Temporary and staged files under a hub folder."""
+    """Temporary files (or objects and multipart uploads) and stored blobs of a hub, on local
+    disk under its folder or in the bucket KHAZNA_STORAGE_URL names."""
+    url = os.environ.get("KHAZNA_STORAGE_URL")
+    if not url:
+        return {
+            "tmp": sorted(p.name for p in (home / "tmp").glob("*")),
+            "blobs": sorted(p.name for p in (home / "blobs").glob("??/??/*")),
+        }
+    location = parse_s3_url(url)
+    client = make_client(location)
+    tmp = location.key("tmp", "")
+    objects = client.list_objects_v2(Bucket=location.bucket, Prefix=tmp).get("Contents", [])
+    uploads = client.list_multipart_uploads(Bucket=location.bucket, Prefix=tmp).get("Uploads", [])
+    store = S3BlobStore(location, "blobs", client)
     return {
-        "tmp": sorted(p.name for p in (home / "tmp").glob("*")),
-        "blobs": sorted(p.name for p in (home / "blobs").glob("??/??/*")),
+        "tmp": sorted(o["Key"].rsplit("/", 1)[-1] for o in [*objects, *uploads]),
+        "blobs": sorted(store.iter_hashes()),
     }
+
+
+def stored_blobs(hub: Hub) -> list[str]:
+    """The hashes of the originals a hub holds, wherever it keeps them."""
+    return sorted(hub.blobs.iter_hashes())
+
+
+def read_blob(hub: Hub, sha256: str) -> bytes:
+    return b"".join(hub.blobs.read_range(sha256, 0, hub.blobs.size(sha256)))
+
+
+def tamper_blob(hub: Hub, sha256: str, data: bytes | None) -> None:
+    """Replace a stored blob's bytes behind the hub's back, or remove it (None)."""
+    if isinstance(hub.blobs, LocalBlobStore):
+        path = hub.blobs.path_of(sha256)
+        path.unlink() if data is None else path.write_bytes(data)
+        return
+    assert isinstance(hub.blobs, S3BlobStore)
+    key = hub.blobs.key_of(sha256)
+    if data is None:
+        hub.blobs.client.delete_object(Bucket=hub.blobs.bucket, Key=key)
+    else:
+        hub.blobs.client.put_object(Bucket=hub.blobs.bucket, Key=key, Body=data)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DATA, DATA_FILES, Api
+from tests.conftest import DATA, DATA_FILES, Api, leftovers, read_blob, stored_blobs
 
 API = "/api/v1"
 ORG = "ministere-sante"
@@ -81,11 +81,13 @@ def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 
 def blobs_on_disk(api: Api) -> list[str]:
-    return sorted(p.name for p in api.hub.settings.blob_dir.glob("??/??/*"))
+    """Blobs the hub holds: files on local disk or objects in its bucket."""
+    return stored_blobs(api.hub)
 
 
 def temporaries(api: Api) -> list[str]:
-    return sorted(p.name for p in api.hub.settings.tmp_dir.iterdir())
+    """Uploads in progress: files in the hub's tmp/, or temporaries in its bucket."""
+    return leftovers(api.hub.settings.home)["tmp"]
 
 
 def files_url(dataset: str, file: str) -> str:
@@ -252,6 +254,8 @@ def test_editor_creates_a_multilingual_dataset(api: Api) -> None:
         "tags": ["census", "population"],
         "license": "CC-BY-4.0",
         "access": "public",
+        "residency": None,
+        "storage": api.hub.storage.as_dict(),
         "version": 0,
         "files": [],
     }
@@ -454,8 +458,7 @@ def test_blobs_are_stored_under_their_hash(api: Api) -> None:
     data = REGIONS.read_bytes()
     assert put(api, "rangement", "regions.csv", data).status_code == 200
     digest = sha(data)
-    blob = api.hub.settings.blob_dir / digest[:2] / digest[2:4] / digest
-    assert blob.read_bytes() == data
+    assert read_blob(api.hub, digest) == data
 
 
 def test_identical_content_is_stored_once_and_makes_no_new_version(api: Api) -> None:
@@ -1068,7 +1071,7 @@ def test_a_malformed_announced_digest_is_a_bad_request(api: Api) -> None:
         "X-Content-SHA256 must be 64 hexadecimal digits"
     )
     assert current_version(api, "empreinte") == 0
-    assert list(api.hub.settings.tmp_dir.iterdir()) == []
+    assert temporaries(api) == []
 
 
 def test_a_version_message_may_be_written_in_any_language(api: Api) -> None:

@@ -14,7 +14,7 @@ from khazna import db
 from khazna.config import Settings
 from khazna.demo import DATA_DIR, load_demo, manifest
 from khazna.hub import Hub
-from tests.conftest import DATA, LiveServer, khazna_cmd
+from tests.conftest import DATA, LiveServer, khazna_cmd, tamper_blob
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -122,10 +122,10 @@ def test_verify_finds_a_damaged_or_missing_blob(tmp_path: Path) -> None:
 
     csv = DATA_DIR / "tables" / "morocco_regions_rgph2024.csv"
     digest = hashlib.sha256(csv.read_bytes()).hexdigest()
-    hub.blobs.path_of(digest).write_bytes(csv.read_bytes().replace(b"4030222", b"4030223"))
+    tamper_blob(hub, digest, csv.read_bytes().replace(b"4030222", b"4030223"))
     tif = DATA_DIR / "raster" / "S2A_29RKH_20200219_L2A_B04_red_100m_cog.tif"
     gone = hashlib.sha256(tif.read_bytes()).hexdigest()
-    hub.blobs.path_of(gone).unlink()
+    tamper_blob(hub, gone, None)
 
     damaged = run("verify", env=env)
     assert damaged.returncode == 1

@@ -46,6 +46,7 @@ class DatasetIn(BaseModel):
     tags: list[str] | None = None
     license: str | None = None
     access: str = "public"
+    residency: str | None = None
 
 
 class DatasetPatch(BaseModel):
@@ -55,6 +56,7 @@ class DatasetPatch(BaseModel):
     tags: list[str] | None = None
     license: str | None = None
     access: str | None = None
+    residency: str | None = None
 
 
 class UploadFileIn(BaseModel):
@@ -133,6 +135,7 @@ def create_dataset(body: DatasetIn, request: Request, who: Who, hub: HubDep) -> 
         tags=body.tags,
         license=body.license,
         access=body.access,
+        residency=body.residency,
     )
     record(
         request,

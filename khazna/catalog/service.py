@@ -17,8 +17,16 @@ from khazna.access.policy import AccessPolicy, check_level, check_role
 from khazna.catalog.formats import media_type
 from khazna.catalog.names import check_file_name, check_slug, normalize_text
 from khazna.catalog.search import SearchIndex
-from khazna.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from khazna.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ResidencyRefused,
+    Unauthorized,
+)
 from khazna.storage.blobstore import StoredBlob
+from khazna.storage.location import StorageLocation, check_jurisdiction
 
 MAX_TAGS = 50
 # How many times a commit that lost a race with another writer starts again.
@@ -100,8 +108,16 @@ def _check_license(value: object) -> str:
 
 
 class Catalog:
-    def __init__(self, engine: Engine, policy: AccessPolicy, search: SearchIndex) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: AccessPolicy,
+        search: SearchIndex,
+        storage: StorageLocation | None = None,
+    ) -> None:
         self.engine = engine
+        # Where this hub writes bytes; residency is checked against its jurisdiction.
+        self.storage = storage or StorageLocation("local", None)
         self.policy = policy
         self.search = search
         # SQLite allows one writer; serializing writers in-process avoids lock upgrade
@@ -197,6 +213,7 @@ class Catalog:
         tags: object = None,
         license: object = None,
         access: object = "public",
+        residency: object = None,
     ) -> dict[str, Any]:
         check_slug(org, "organization")
         check_slug(name, "dataset")
@@ -206,6 +223,7 @@ class Catalog:
             "description": normalize_text(description, "description"),
             "license": _check_license(license),
             "access": check_level(access if access is not None else "public"),
+            "residency": _residency_value(residency),
         }
         tag_list = _check_tags(tags)
         now = db.utcnow()
@@ -235,7 +253,7 @@ class Catalog:
     def update_dataset(
         self, who: Principal, org: str, name: str, changes: Mapping[str, object]
     ) -> dict[str, Any]:
-        allowed = {"title", "description", "tags", "license", "access"}
+        allowed = {"title", "description", "tags", "license", "access", "residency"}
         unknown = set(changes) - allowed
         if unknown:
             raise BadRequest(
@@ -251,9 +269,14 @@ class Catalog:
             values["license"] = _check_license(changes["license"])
         if "access" in changes:
             values["access"] = check_level(changes["access"])
+        if "residency" in changes:
+            values["residency"] = _residency_value(changes["residency"])
         tag_list = _check_tags(changes["tags"]) if "tags" in changes else None
         with self._begin() as conn:
             row = self._writable_row(conn, who, org, name)
+            if values.get("residency") and row.current_version > 0:
+                # Its bytes are already stored: they would be where it now may not be.
+                self.check_residency(org, name, values["residency"])
             values["updated_at"] = db.utcnow()
             conn.execute(update(db.datasets).where(db.datasets.c.id == row.id).values(**values))
             if tag_list is not None:
@@ -321,9 +344,27 @@ class Catalog:
             return self.policy.can_read(who, self._visible_row(conn, who, org, name))
 
     def check_writable(self, who: Principal, org: str, name: str) -> int:
-        """Raise unless the caller may write to the dataset; returns its id."""
+        """Raise unless the caller may write the dataset's bytes to this hub's storage;
+        returns its id. Called before any byte is stored."""
         with self.engine.connect() as conn:
-            return int(self._writable_row(conn, who, org, name).id)
+            row = self._writable_row(conn, who, org, name)
+        self.check_residency(org, name, row.residency)
+        return int(row.id)
+
+    def check_residency(self, org: str, name: str, required: str | None) -> None:
+        """Refuse to store a dataset's bytes outside the jurisdiction it requires."""
+        have = self.storage.jurisdiction
+        if required is None or required == have:
+            return
+        # TODO(audit): a residency refusal must be written to the audit log (issue 4,
+        # point 5) with the dataset, the caller, and both jurisdictions.
+        where = f"is in {have}" if have else "declares no jurisdiction"
+        raise ResidencyRefused(
+            f"dataset {org}/{name} requires its data to stay in {required}, but this hub's "
+            f"storage ({self.storage.kind}) {where}; nothing was stored",
+            required=required,
+            storage=have,
+        )
 
     def dataset(self, who: Principal, org: str, name: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
@@ -346,6 +387,9 @@ class Catalog:
             "tags": list(tags),
             "license": row.license,
             "access": row.access,
+            "residency": row.residency,
+            # Where the bytes are: never a credential (the storage URL holds none).
+            "storage": self.storage.as_dict(),
             "version": row.current_version,
             "created_at": db.iso(row.created_at),
             "updated_at": db.iso(row.updated_at),
@@ -499,6 +543,9 @@ class Catalog:
     ) -> CommittedVersion:
         with self._begin() as conn:
             row = self._writable_row(conn, who, org, name, lock=True)
+            if any(blob is not None for blob in changes.values()):
+                # Last line of defence: the callers check before they store anything.
+                self.check_residency(org, name, row.residency)
             current = {f.name: f for f in self.files_of(conn, row.id, row.current_version)}
             files = dict(current)
             for file_name, blob in changes.items():
@@ -590,6 +637,15 @@ def _role_rule(who: Principal, action: str, role: str) -> str:
     if who.limits is not None:
         return f"{action} is outside what this token is restricted to"
     return f"{action} needs {role}"
+
+
+def _residency_value(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    try:
+        return check_jurisdiction(value, "residency")
+    except ValueError as exc:
+        raise BadRequest(str(exc), field="residency") from None
 
 
 def _denied(who: Principal, reason: str) -> Unauthorized | Forbidden:

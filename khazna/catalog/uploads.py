@@ -33,7 +33,7 @@ from khazna.errors import (
     Unprocessable,
 )
 from khazna.storage.blobstore import (
-    LocalBlobStore,
+    BlobStore,
     StoredBlob,
     too_large,
 )
@@ -59,7 +59,7 @@ class UploadSessions:
         self,
         engine: Engine,
         catalog: Catalog,
-        blobs: LocalBlobStore,
+        blobs: BlobStore,
         staging: Path,
         max_bytes: int,
         ttl_s: int,
@@ -254,6 +254,8 @@ class UploadSessions:
         self, who: Principal, session_id: str, row: Any, files: list[Any]
     ) -> dict[str, Any]:
         org, name = self._dataset_name(row.dataset_id)
+        # Rights and residency may have changed since the session opened.
+        self.catalog.check_writable(who, org, name)
         # Phase 1: hash everything, so one bad file leaves the others untouched.
         digests = {f.name: file_sha256(self._part(session_id, f.position)) for f in files}
         for f in files:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from khazna.checksums import READ_CHUNK, file_sha256
 from khazna.errors import StorageFailure, TooLarge, Unprocessable
@@ -43,6 +43,13 @@ def too_large(limit: int) -> TooLarge:
     )
 
 
+def check_sha256(sha256: str) -> str:
+    """A blob name: 64 lower-case hex digits, nothing that could walk a path or a key."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    return sha256
+
+
 class BlobWriter(Protocol):
     """Receives one blob's bytes; ``commit`` makes it visible, ``abort`` leaves no trace."""
 
@@ -56,9 +63,22 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
+    """Local disk (LocalBlobStore) or an S3 bucket (khazna.storage.s3.S3BlobStore)."""
+
+    # An fsspec filesystem DuckDB reads ``url_of`` through; None for plain local paths.
+    filesystem: Any
+
     def writer(self, max_bytes: int) -> BlobWriter: ...
 
     def link_file(self, path: Path, sha256: str, size: int) -> StoredBlob: ...
+
+    def place(self, tmp_path: Path, sha256: str, size: int) -> StoredBlob: ...
+
+    def local_file(self, sha256: str, work_dir: Path) -> Path: ...
+
+    def url_of(self, sha256: str) -> str: ...
+
+    def clear_stale_temporaries(self) -> int: ...
 
     def exists(self, sha256: str) -> bool: ...
 
@@ -144,10 +164,18 @@ class LocalBlobStore:
         root.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
 
+    filesystem = None  # DuckDB reads local files itself
+
     def path_of(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        check_sha256(sha256)
         return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def url_of(self, sha256: str) -> str:
+        return str(self.path_of(sha256))
+
+    def local_file(self, sha256: str, work_dir: Path) -> Path:
+        """The blob itself: it is a local file already, no copy needed."""
+        return self.path_of(sha256)
 
     def writer(self, max_bytes: int) -> LocalFileWriter:
         return LocalFileWriter(self, max_bytes)

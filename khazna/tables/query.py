@@ -24,7 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock
 from decimal import Decimal
@@ -50,9 +50,19 @@ class Column:
 @dataclass(frozen=True)
 class TableRef:
     sql_name: str  # the identifier SQL uses for this table, [a-z0-9_]+
-    parquet: Path
+    parquet: Path | str  # a local path, or a URL that ``filesystem`` serves
     rows: int  # from the Parquet metadata: known without a scan
     columns: list[Column]
+    # An fsspec filesystem DuckDB reads ``parquet`` through (object storage: the DuckDB
+    # wheel has no httpfs); None for a local file.
+    filesystem: Any = field(default=None, compare=False)
+
+    @property
+    def location(self) -> str:
+        """What DuckDB opens: an absolute local path, or the URL as is."""
+        if self.filesystem is None:
+            return os.path.abspath(self.parquet)
+        return str(self.parquet)
 
 
 # (column, operator, raw value from the query string)
@@ -147,7 +157,7 @@ def read_rows(
     order = _parse_sort(sort, types)
     query = _filter_query(filters, types)
     fingerprint = _fingerprint(table, order, filters)
-    with _reader() as cur:
+    with _reader(table.filesystem) as cur:
         _check_values(cur, filters, types)
         if cursor is not None:
             _add_keyset(cur, query, order, types, _decode_cursor(cursor, fingerprint))
@@ -284,7 +294,7 @@ def _fetch_page(
     """The page's rows, and the (file row, sort key text) of its last row if more follow."""
     names = ", ".join(_quote(c.name) for c in table.columns)
     source = f"SELECT {names}, file_row_number FROM read_parquet(?, file_row_number=true)"
-    params = [str(table.parquet), *query.params, limit + 1, offset]
+    params = [table.location, *query.params, limit + 1, offset]
     if order is None:
         sql = f"{source} {query.sql()} ORDER BY file_row_number LIMIT ? OFFSET ?"
     else:
@@ -319,7 +329,7 @@ def _count(cur: duckdb.DuckDBPyConnection, table: TableRef, query: _Query) -> in
             _counts.move_to_end(key)
             return known
     sql = f"SELECT count(*) FROM read_parquet(?) {query.sql()}"
-    found = cur.execute(sql, [str(table.parquet), *query.params]).fetchone()
+    found = cur.execute(sql, [table.location, *query.params]).fetchone()
     total = int(found[0]) if found else 0
     with _counts_lock:
         _counts[key] = total
@@ -365,19 +375,32 @@ def _decode_cursor(token: str, fingerprint: str) -> tuple[int, str | None]:
     return payload["r"], payload["k"]
 
 
-@functools.cache
-def _rows_database() -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(config=_SAFE_CONFIG)
+# The database the rows API shares, one per filesystem the tables are read through (None:
+# local files). A registered filesystem answers for its protocol in that whole database.
+_rows_databases: OrderedDict[int, tuple[Any, duckdb.DuckDBPyConnection]] = OrderedDict()
+
+
+def _rows_database(filesystem: Any = None) -> duckdb.DuckDBPyConnection:
+    found = _rows_databases.get(id(filesystem))
+    if found is None or found[0] is not filesystem:
+        con = duckdb.connect(config=_SAFE_CONFIG)
+        if filesystem is not None:
+            con.register_filesystem(filesystem)
+        found = _rows_databases[id(filesystem)] = (filesystem, con)
+        if len(_rows_databases) > 8:  # hubs come and go in tests; a server has one
+            _rows_databases.popitem(last=False)
+    _rows_databases.move_to_end(id(filesystem))
+    return found[1]
 
 
 _rows_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _reader() -> Iterator[duckdb.DuckDBPyConnection]:
+def _reader(filesystem: Any = None) -> Iterator[duckdb.DuckDBPyConnection]:
     """A cursor of its own on the shared database: a cursor serves one thread at a time."""
     with _rows_lock:
-        cur = _rows_database().cursor()
+        cur = _rows_database(filesystem).cursor()
     try:
         yield cur
     finally:
@@ -388,7 +411,7 @@ def _reader() -> Iterator[duckdb.DuckDBPyConnection]:
 def _cast(type_name: str) -> str:
     """`CAST(? AS type)`, the type re-printed by DuckDB's parser so nothing else reaches SQL."""
     with _rows_lock:
-        parsed = _rows_database().sqltype(type_name)
+        parsed = _rows_database(None).sqltype(type_name)
     return f"CAST(? AS {parsed})"
 
 
@@ -536,7 +559,10 @@ class QueryResult:
         """Messages name a table's file by the table's name: where the hub keeps its files is
         none of the caller's business. DuckDB may print a path as given or resolved."""
         for t in tables:
-            for shown in {str(t.parquet), os.path.abspath(t.parquet), os.path.realpath(t.parquet)}:
+            shown_as = {str(t.parquet), t.location}
+            if t.filesystem is None:
+                shown_as |= {os.path.abspath(t.parquet), os.path.realpath(t.parquet)}
+            for shown in shown_as:
                 self._names.append((shown, t.sql_name))
         # Longest first, so a path is replaced before any shorter path inside it.
         self._names.sort(key=lambda pair: -len(pair[0]))
@@ -710,9 +736,11 @@ _pool_lock = threading.Lock()
 def _locked_database(
     tables: list[TableRef], threads: int, memory_limit: str, timeout_s: float
 ) -> duckdb.DuckDBPyConnection:
-    paths = [os.path.abspath(t.parquet) for t in tables]
+    paths = [t.location for t in tables]
+    filesystems = {id(t.filesystem): t.filesystem for t in tables if t.filesystem is not None}
     key = (
         tuple(sorted(zip((t.sql_name for t in tables), paths, strict=True))),
+        tuple(sorted(filesystems)),
         threads,
         memory_limit,
         timeout_s,
@@ -725,6 +753,10 @@ def _locked_database(
     # No spilling to disk: the memory limit is a hard cap, and nothing is written.
     config["temp_directory"] = ""
     con = duckdb.connect(":memory:", config=config)
+    for filesystem in filesystems.values():
+        # Object storage: DuckDB opens s3:// URLs through it. allowed_paths (below) still
+        # decides which URLs a query may open, exactly as for local files.
+        con.register_filesystem(filesystem)
     for table, path in zip(tables, paths, strict=True):
         con.execute(f"CREATE VIEW {table.sql_name} AS SELECT * FROM read_parquet({_literal(path)})")
     _lock_down(con, paths, timeout_s)

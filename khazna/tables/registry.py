@@ -25,9 +25,9 @@ from khazna.access.accounts import Principal
 from khazna.access.policy import AccessPolicy
 from khazna.catalog.service import Catalog, FileEntry
 from khazna.checksums import file_sha256
-from khazna.errors import BadRequest, Conflict, NotFound, Unprocessable
+from khazna.errors import BadRequest, Conflict, KhaznaError, NotFound, Unprocessable
 from khazna.jobs.queue import Job, JobQueue, PermanentFailure
-from khazna.storage.blobstore import LocalBlobStore
+from khazna.storage.blobstore import BlobStore
 from khazna.tables.query import Column, TableRef
 
 log = logging.getLogger("khazna.tables")
@@ -77,8 +77,8 @@ class Tables:
         engine: Engine,
         catalog: Catalog,
         policy: AccessPolicy,
-        blobs: LocalBlobStore,
-        derived: LocalBlobStore,
+        blobs: BlobStore,
+        derived: BlobStore,
         queue: JobQueue,
         work_dir: Path,
         memory_limit: str = "512MB",
@@ -187,10 +187,13 @@ class Tables:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
+            self._check_residency(sha)
             options = ingesting.IngestOptions(**job.payload["options"])
+            # On local disk the blob itself; from object storage a copy in the work folder.
+            source = self.blobs.local_file(sha, work)
             try:
                 result = ingesting.ingest(
-                    self.blobs.path_of(sha),
+                    source,
                     job.payload["file_name"],
                     work,
                     options,
@@ -233,12 +236,19 @@ class Tables:
         if asset is None or asset.status != "ready":
             raise PermanentFailure("the table to profile does not exist")
         columns = [ingesting.Column(c["name"], c["type"]) for c in asset.columns]
-        stats = ingesting.profile(
-            self.derived.path_of(asset.parquet_sha256),
-            columns,
-            memory_limit=self.memory_limit,
-            threads=self.threads,
-        )
+        work = self.work_dir / f"job-{job.id}"
+        shutil.rmtree(work, ignore_errors=True)
+        if self.derived.filesystem is not None:
+            work.mkdir(parents=True)  # the Parquet is copied here from object storage
+        try:
+            stats = ingesting.profile(
+                self.derived.local_file(asset.parquet_sha256, work),
+                columns,
+                memory_limit=self.memory_limit,
+                threads=self.threads,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         with self.engine.begin() as conn:
             conn.execute(
                 update(db.table_assets)
@@ -246,6 +256,25 @@ class Tables:
                 .values(profile=stats)
             )
         return {"columns": len(stats)}
+
+    def _check_residency(self, sha: str) -> None:
+        """Derived Parquet goes where the original is; refuse it when a dataset holding the
+        original has since come to require another jurisdiction."""
+        d, o, v, vf = db.datasets, db.organizations, db.versions, db.version_files
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(o.c.name, d.c.name.label("ds"), d.c.residency)
+                .join(o, o.c.id == d.c.org_id)
+                .join(v, v.c.dataset_id == d.c.id)
+                .join(vf, vf.c.version_id == v.c.id)
+                .where(vf.c.sha256 == sha, d.c.residency.is_not(None))
+                .distinct()
+            ).all()
+        for r in rows:
+            try:
+                self.catalog.check_residency(str(r.name), str(r.ds), r.residency)
+            except KhaznaError as exc:
+                raise PermanentFailure(exc.message) from exc
 
     def _record(self, sha: str, key: str, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -331,7 +360,8 @@ class Tables:
     def _ref(self, sql_name: str, asset: Any) -> TableRef:
         return TableRef(
             sql_name=sql_name,
-            parquet=self.derived.path_of(asset.parquet_sha256),
+            parquet=self.derived.url_of(asset.parquet_sha256),
+            filesystem=self.derived.filesystem,
             rows=int(asset.rows),
             columns=[Column(c["name"], c["type"]) for c in asset.columns],
         )
