@@ -288,8 +288,10 @@ def test_every_refusal_is_logged_with_the_rule_that_refused(api: Api) -> None:
             "version": None,
             "detail": {
                 "status": 403,
-                "rule": f"dataset {ORG}/dossiers is restricted: its data needs membership "
-                "of its organization",
+                "rule": f"dataset {ORG}/dossiers is restricted: its data needs an approved "
+                f"access request (POST /api/v1/datasets/{ORG}/dossiers/access-requests, or "
+                f"khazna access request {ORG}/dossiers --purpose TEXT) or membership of its "
+                "organization",
                 "method": "GET",
                 "path": restricted,
             },
