@@ -8,14 +8,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import sqlite3
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from khazna import db
 from khazna.access.accounts import Principal
 from khazna.access.audit import GENESIS, entry_hash
 from khazna.config import Settings
@@ -517,8 +518,13 @@ def logged_hub(tmp_path: Path) -> Path:
 
 
 def sql(home: Path, statement: str) -> None:
-    with sqlite3.connect(home / "khazna.db") as db:
-        db.execute(statement)
+    """Straight into the hub's metadata database (SQLite or PostgreSQL), past the hub."""
+    engine = db.make_engine(Settings.from_env(home).database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(statement))
+    finally:
+        engine.dispose()
 
 
 def test_khazna_verify_passes_on_an_untouched_chain(logged_hub: Path) -> None:
@@ -581,11 +587,11 @@ def test_a_rewritten_chain_is_caught_by_its_signed_checkpoint(tmp_path: Path) ->
         for row in rows.all():
             entry = dataclasses.replace(AuditEntry.from_row(row), prev_hash=prev)
             prev = entry.computed_hash()
-            conn.exec_driver_sql(
-                "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE seq = ?",
-                (entry.prev_hash, prev, entry.seq),
+            conn.execute(
+                text("UPDATE audit_entries SET prev_hash = :p, hash = :h WHERE seq = :s"),
+                {"p": entry.prev_hash, "h": prev, "s": entry.seq},
             )
-        conn.exec_driver_sql("UPDATE audit_head SET hash = ?", (prev,))
+        conn.execute(text("UPDATE audit_head SET hash = :h"), {"h": prev})
     problems = [str(p) for p in hub.audit.verify().problems]
     assert problems == [
         "audit entry 4: differs from the signed checkpoint made at this position: "
@@ -594,7 +600,7 @@ def test_a_rewritten_chain_is_caught_by_its_signed_checkpoint(tmp_path: Path) ->
     # Moving the checkpoint along too breaks its signature.
     with hub.engine.begin() as conn:
         new = conn.exec_driver_sql("SELECT hash FROM audit_entries WHERE seq = 4").scalar_one()
-        conn.exec_driver_sql("UPDATE audit_checkpoints SET hash = ? WHERE seq = 4", (new,))
+        conn.execute(text("UPDATE audit_checkpoints SET hash = :h WHERE seq = 4"), {"h": new})
     problems = [str(p) for p in hub.audit.verify().problems]
     assert problems == [
         "audit entry 4: its checkpoint's signature does not verify with the hub key"
