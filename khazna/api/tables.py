@@ -14,7 +14,14 @@ from khazna.access.audit import Subject
 from khazna.api.deps import HubDep, Who, check_caller, client_address, record
 from khazna.errors import NotFound
 from khazna.hub import Hub
-from khazna.tables.query import QueryResult, Sandbox, parse_filters, read_rows, referenced_tables
+from khazna.tables.query import (
+    QueryResult,
+    Sandbox,
+    TableRef,
+    parse_filters,
+    read_rows,
+    referenced_tables,
+)
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_caller)])
 
@@ -71,9 +78,7 @@ def table_schema(
     hub: HubDep,
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    table, asset, number = hub.tables.table(who, org, name, file, version)
-    detail = {"file": file, "sql_name": table.sql_name}
-    record(request, who, "schema", org=org, dataset=name, version=number, detail=detail)
+    table, asset = _looked_at(request, who, hub, "schema", org, name, file, version)
     return {
         "sql_name": table.sql_name,
         "rows": table.rows,
@@ -95,15 +100,30 @@ def table_profile(
     hub: HubDep,
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    table, asset, number = hub.tables.table(who, org, name, file, version)
-    detail = {"file": file, "sql_name": table.sql_name}
-    record(request, who, "profile", org=org, dataset=name, version=number, detail=detail)
+    table, asset = _looked_at(request, who, hub, "profile", org, name, file, version)
     return {
         "sql_name": table.sql_name,
         "rows": table.rows,
         "status": "ready" if asset.profile is not None else "pending",
         "columns": asset.profile,
     }
+
+
+def _looked_at(
+    request: Request,
+    who: Principal,
+    hub: Hub,
+    action: str,
+    org: str,
+    name: str,
+    file: str,
+    version: int | None,
+) -> tuple[TableRef, Any]:
+    """A table and its asset for the caller, with the audit entry saying they looked."""
+    table, asset, number = hub.tables.table(who, org, name, file, version)
+    detail = {"file": file, "sql_name": table.sql_name}
+    record(request, who, action, org=org, dataset=name, version=number, detail=detail)
+    return table, asset
 
 
 class SqlIn(BaseModel):
