@@ -279,6 +279,30 @@ def test_a_startup_asks_the_publisher_approves_then_refuses(api: Api) -> None:
     assert api.http.post(f"{API}/sql", json=sql, headers=startup).status_code == 400
     mine = api.http.get(f"{API}/me/access-requests", headers=startup).json()["requests"]
     assert [(m["state"], m["reason"]) for m in mine] == [("refused", "données nominatives")]
+    # The request, the approval and the refusal are in the audit log, by whom they were made.
+    log = api.http.get(f"{API}/audit", params={"limit": 1000}, headers=api.auth(api.admin)).json()[
+        "entries"
+    ]
+    decisions = [
+        (e["actor"], e["action"], e["dataset"], e["detail"])
+        for e in reversed(log)
+        if e["action"].startswith("access.")
+    ]
+    assert decisions == [
+        ("startup", "access.request", "dossiers", {"purpose": "  étude des ménages  "}),
+        (
+            "nadia",
+            "access.approve",
+            "dossiers",
+            {"user": "startup", "until": "2100-01-01T00:00:00+00:00"},
+        ),
+        (
+            "nadia",
+            "access.refuse",
+            "dossiers",
+            {"user": "startup", "reason": "données nominatives"},
+        ),
+    ]
 
 
 def test_an_approval_ends_at_its_expiry(api: Api) -> None:

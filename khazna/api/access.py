@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from khazna import db
 from khazna.access.accounts import Principal, parse_expiry
-from khazna.api.deps import HubDep, Who, check_caller
+from khazna.api.deps import HubDep, Who, check_caller, record
 from khazna.errors import BadRequest, Forbidden, Unauthorized
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_caller)])
@@ -94,8 +94,12 @@ def revoke_token(token_id: int, who: Who, hub: HubDep) -> Response:
 
 
 @router.post("/datasets/{org}/{name}/access-requests", status_code=201, tags=["access"])
-def ask_access(org: str, name: str, body: AccessRequestIn, who: Who, hub: HubDep) -> dict[str, Any]:
-    return hub.access_requests.ask(who, org, name, body.purpose)
+def ask_access(
+    org: str, name: str, body: AccessRequestIn, request: Request, who: Who, hub: HubDep
+) -> dict[str, Any]:
+    asked = hub.access_requests.ask(who, org, name, body.purpose)
+    record(request, who, "access.request", org=org, dataset=name, detail={"purpose": body.purpose})
+    return asked
 
 
 @router.get("/datasets/{org}/{name}/access-requests", tags=["access"])
@@ -107,17 +111,23 @@ def dataset_access_requests(
 
 @router.post("/datasets/{org}/{name}/access-requests/{user}/approve", tags=["access"])
 def approve_access(
-    org: str, name: str, user: str, body: ApprovalIn, who: Who, hub: HubDep
+    org: str, name: str, user: str, body: ApprovalIn, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
     until = None if body.until is None else parse_expiry(body.until, "until")
-    return hub.access_requests.approve(who, org, name, user, until)
+    approved = hub.access_requests.approve(who, org, name, user, until)
+    detail = {"user": user, "until": None if until is None else until.isoformat()}
+    record(request, who, "access.approve", org=org, dataset=name, detail=detail)
+    return approved
 
 
 @router.post("/datasets/{org}/{name}/access-requests/{user}/refuse", tags=["access"])
 def refuse_access(
-    org: str, name: str, user: str, body: RefusalIn, who: Who, hub: HubDep
+    org: str, name: str, user: str, body: RefusalIn, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
-    return hub.access_requests.refuse(who, org, name, user, body.reason)
+    refused = hub.access_requests.refuse(who, org, name, user, body.reason)
+    detail = {"user": user, "reason": body.reason}
+    record(request, who, "access.refuse", org=org, dataset=name, detail=detail)
+    return refused
 
 
 @router.get("/access-requests", tags=["access"])
