@@ -460,8 +460,12 @@ def test_appends_from_many_threads_and_two_processes_make_one_chain(tmp_path: Pa
         "from khazna.config import Settings\n"
         "from khazna.hub import Hub\n"
         "hub = Hub(Settings.from_env())\n"
+        "import time\n"
         "for i in range(100):\n"
         "    hub.audit.record(None, 'read', detail={'i': i}, client='other')\n"
+        # A pause between its appends, as between requests: the threads' appends land between
+        # them (without one, SQLite may let one side take every turn for a while).
+        "    time.sleep(0.005)\n"
     )
     other = subprocess.Popen(
         [khazna_cmd()[0], "-c", script], env={**os.environ, "KHAZNA_HOME": str(home)}
