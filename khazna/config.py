@@ -49,6 +49,9 @@ class Settings:
     job_lease_s: float = 30.0
     # DuckDB memory for converting one uploaded table; what is over spills to disk.
     ingest_memory_limit: str = "512MB"
+    # A one-shot upload of a CSV at least this large starts converting while it arrives
+    # (khazna/tables/early.py); 0 turns that off.
+    early_ingest_min_bytes: int = 64 << 20
     # Limits of one SQL query.
     sql_timeout_s: float = 30.0
     sql_memory_limit: str = "1GB"
@@ -105,6 +108,9 @@ class Settings:
             ),
             job_lease_s=_number_env("KHAZNA_JOB_LEASE_S", 30.0, "seconds", positive=True),
             ingest_memory_limit=_memory_env("KHAZNA_INGEST_MEMORY_LIMIT", "512MB"),
+            early_ingest_min_bytes=int(
+                _number_env("KHAZNA_EARLY_INGEST_MIN_BYTES", 64 << 20, "bytes")
+            ),
             sql_timeout_s=_number_env("KHAZNA_SQL_TIMEOUT_S", 30.0, "seconds", positive=True),
             sql_memory_limit=_memory_env("KHAZNA_SQL_MEMORY_LIMIT", "1GB"),
             sql_row_limit=int(_number_env("KHAZNA_SQL_ROW_LIMIT", 10_000, "rows", positive=True)),

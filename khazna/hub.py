@@ -71,6 +71,7 @@ class Hub:
             self.jobs,
             settings.home / "work",
             memory_limit=settings.ingest_memory_limit,
+            early_min_bytes=settings.early_ingest_min_bytes,
         )
         self.runner = JobRunner(
             self.jobs,
@@ -114,6 +115,7 @@ class Hub:
 
     def close(self) -> None:
         self.stop_workers()
+        self.tables.close()
         self.engine.dispose()
 
 

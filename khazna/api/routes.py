@@ -17,7 +17,7 @@ from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
 from khazna.storage.blobstore import too_large
-from khazna.tables.registry import parse_table_options
+from khazna.tables.registry import options_key, parse_table_options
 
 # Every route checks a token that is sent, even where anonymous callers are welcome: a
 # client with a wrong token learns it on its first call.
@@ -219,25 +219,47 @@ async def upload_file(
     if announced is not None and not _SHA256.fullmatch(announced):
         raise BadRequest("X-Content-SHA256 must be 64 hexadecimal digits")
     writer = hub.blobs.writer(limit)
+    # A large CSV starts converting while it arrives (khazna/tables/early.py).
+    early = hub.tables.early.start(
+        getattr(writer, "temp_path", None),
+        int(declared) if declared is not None and declared.isdigit() else None,
+        file,
+        options,
+    )
+    if early is not None:
+        writer.on_write = early.wrote  # type: ignore[attr-defined]
     try:
         async for chunk in body_chunks(request, hub.settings.body_idle_timeout_s):
             writer.write(chunk)
+        if early is not None:
+            early.complete()
         blob = await run_in_threadpool(writer.commit, announced)
     except BaseException:
         # Disconnects, size limit, disk errors: the temporary file goes, nothing is visible.
         writer.abort()
+        if early is not None:
+            hub.tables.early.drop(early, "the upload failed")
         raise
-    committed = await run_in_threadpool(
-        partial(
-            hub.catalog.commit_version,
-            who,
-            org,
-            name,
-            {file: blob},
-            message=header_text(request.headers.get("x-khazna-message", "")),
-            table_options={file: options},
+    if early is not None:
+        hub.tables.early.stored(early, blob.sha256, options_key(options))
+    try:
+        committed = await run_in_threadpool(
+            partial(
+                hub.catalog.commit_version,
+                who,
+                org,
+                name,
+                {file: blob},
+                message=header_text(request.headers.get("x-khazna-message", "")),
+                table_options={file: options},
+            )
         )
-    )
+    except BaseException:
+        if early is not None:
+            hub.tables.early.drop(early, "the version was not made")
+        raise
+    if early is not None and committed.jobs.get(file) is None:
+        hub.tables.early.drop(early, "no ingest was needed")
     await run_in_threadpool(
         partial(
             record,

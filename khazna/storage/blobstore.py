@@ -12,7 +12,7 @@ import fcntl
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,6 +115,13 @@ class LocalFileWriter:
         # Held while writing, so clear_stale_temporaries (in any process) leaves it alone.
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._done = False
+        # Told of each chunk once it is in the file (for readers of the file as it grows).
+        self.on_write: Callable[[int], None] | None = None
+
+    @property
+    def temp_path(self) -> Path:
+        """Where the upload is being written (until commit renames it into the store)."""
+        return self._path
 
     def write(self, chunk: bytes) -> None:
         if self.size + len(chunk) > self._max:
@@ -127,6 +134,13 @@ class LocalFileWriter:
             raise StorageFailure(f"could not write the upload to storage: {exc}") from exc
         self._hash.update(chunk)
         self.size += len(chunk)
+        if self.on_write is not None:
+            try:
+                self._file.flush()
+            except OSError as exc:
+                self.abort()
+                raise StorageFailure(f"could not write the upload to storage: {exc}") from exc
+            self.on_write(len(chunk))
 
     def commit(self, expected_sha256: str | None = None) -> StoredBlob:
         digest = self._hash.hexdigest()

@@ -31,7 +31,7 @@ import math
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from itertools import count
@@ -111,6 +111,22 @@ class IngestResult:
     delimiter: str | None
 
 
+@dataclass(frozen=True)
+class Arriving:
+    """A source whose bytes are still arriving (an upload in progress, see early.py).
+
+    DuckDB reads it as ``url`` through ``filesystem``, whose reads wait for their bytes;
+    ``size`` is its final size, and ``wait`` returns once every byte is on disk (it raises
+    if they never will be). Python reads the file at the path given to ``ingest``: its
+    head is there before ingest starts, and the rest is waited for where it is read.
+    """
+
+    url: str
+    filesystem: Any
+    size: int
+    wait: Callable[[], None]
+
+
 class NotATable(Exception):
     """The file cannot be read as a table; the message says why, for the dataset page."""
 
@@ -134,18 +150,31 @@ def ingest(
     *,
     memory_limit: str = "512MB",
     threads: int = 2,
+    arriving: Arriving | None = None,
+    on_connect: Callable[[Any], None] | None = None,
 ) -> IngestResult:
-    """Convert ``source`` (named ``file_name``) to ``work_dir/table.parquet``."""
+    """Convert ``source`` (named ``file_name``) to ``work_dir/table.parquet``.
+
+    ``arriving``: the source is a CSV still being written (see Arriving). ``on_connect``
+    is given the DuckDB connection, so that another thread may interrupt it.
+    """
     kind = _kind(file_name)
     if kind is None:
         raise NotATable(f"not a table format: {file_name}")
+    if arriving is not None and kind != "csv":
+        raise ValueError("only CSV files are read while they arrive")
     work_dir.mkdir(parents=True, exist_ok=True)
-    if source.stat().st_size == 0:
+    size = arriving.size if arriving is not None else source.stat().st_size
+    if size == 0:
         raise NotATable("empty file")
     out = work_dir / "table.parquet"
     with _connect(work_dir, memory_limit, threads) as con:
+        if arriving is not None:
+            con.register_filesystem(arriving.filesystem)
+        if on_connect is not None:
+            on_connect(con)
         if kind == "csv":
-            return _ingest_text(con, source, work_dir, options, out)
+            return _ingest_text(con, source, work_dir, options, out, size, arriving)
         if kind == "xlsx":
             return _ingest_xlsx(con, source, work_dir, options, out)
         if kind == "parquet":
@@ -334,29 +363,39 @@ class _NotUtf8(Exception):
 
 
 def _ingest_text(
-    con: Any, source: Path, work_dir: Path, options: IngestOptions, out: Path
+    con: Any,
+    source: Path,
+    work_dir: Path,
+    options: IngestOptions,
+    out: Path,
+    size: int,
+    arriving: Arriving | None,
 ) -> IngestResult:
     with source.open("rb") as f:
         head = f.read(_HEAD)
     encoding = _declared_encoding(options.encoding) if options.encoding else _head_encoding(head)
     if encoding is None or encoding.codec != "utf-16":
-        _check_text(head, whole=source.stat().st_size <= _HEAD)
+        _check_text(head, whole=size <= _HEAD)
     utf8 = work_dir / "source.utf-8.csv"  # the transcoded copy, when one is needed
     try:
-        text = source
+        text, url = source, arriving.url if arriving is not None else str(source)
         if encoding is not None and not encoding.is_utf8:
+            if arriving is not None:
+                arriving.wait()
             _transcode(source, utf8, encoding)
-            text = utf8
+            text, url = utf8, str(utf8)
         try:
-            table = _csv_to_parquet(con, text, options, out)
+            table = _csv_to_parquet(con, text, url, options, out)
         except _NotUtf8 as exc:
             if encoding is not None:  # declared (or transcoded) and still not UTF-8
                 raise NotATable(f"not valid {encoding.label} near byte {exc.offset + 1}") from None
+            if arriving is not None:
+                arriving.wait()
             # DuckDB checks UTF-8 as it reads, which spares a pass over the file in Python.
             encoding = _detect_encoding(source, exc.offset)
             _transcode(source, utf8, encoding)
             try:
-                table = _csv_to_parquet(con, utf8, options, out)
+                table = _csv_to_parquet(con, utf8, str(utf8), options, out)
             except _NotUtf8:  # transcoded text is UTF-8: DuckDB meant something else
                 raise NotATable("not a table: DuckDB could not read the text") from None
     finally:
@@ -390,9 +429,14 @@ _READS = count()
 
 @dataclass(frozen=True)
 class _Csv:
-    """A UTF-8 CSV file, how to parse it, and SQL that reads it as text columns c0, c1..."""
+    """A UTF-8 CSV file, how to parse it, and SQL that reads it as text columns c0, c1...
+
+    DuckDB reads it at ``url`` (its path, or where an arriving file is read), Python at
+    ``path``.
+    """
 
     path: Path
+    url: str
     dialect: _Dialect
     width: int
 
@@ -400,7 +444,7 @@ class _Csv:
         d = self.dialect
         columns = ", ".join(f"'c{i}': 'VARCHAR'" for i in range(self.width))
         options = [
-            _lit(str(self.path)),
+            _lit(self.url),
             f"delim={_lit(d.delimiter)}",
             f"quote={_lit(d.quote)}",
             f"escape={_lit(d.escape)}",
@@ -435,10 +479,10 @@ class _Table:
     dialect: _Dialect
 
 
-def _csv_to_parquet(con: Any, path: Path, options: IngestOptions, out: Path) -> _Table:
-    dialect, sniffed_names = _sniff(con, path, options)
+def _csv_to_parquet(con: Any, path: Path, url: str, options: IngestOptions, out: Path) -> _Table:
+    dialect, sniffed_names = _sniff(con, path, url, options)
     names = _header_names(path, dialect, sniffed_names)
-    src = _Csv(path, dialect, len(names))
+    src = _Csv(path, url, dialect, len(names))
     plan = _plan(con, src)
     rows, rejects = _copy_planned(con, src, names, plan, out)
     ragged, ragged_count = _ragged_problems(con, src, rejects)
@@ -472,14 +516,14 @@ def _duck_error(exc: duckdb.Error, path: Path) -> Exception:
     return NotATable(f"not a table: {reason}")
 
 
-def _sniff(con: Any, path: Path, options: IngestOptions) -> tuple[_Dialect, list[str]]:
+def _sniff(con: Any, path: Path, url: str, options: IngestOptions) -> tuple[_Dialect, list[str]]:
     """DuckDB's sniffer, with the declared delimiter and header honoured: (dialect, names).
 
     ignore_errors lets it see past ragged rows, which otherwise make it give up on the real
     delimiter. The names are DuckDB's (blanks and repeats renamed its own way).
     """
     strict = not _mixed_line_ends(path)
-    args = [_lit(str(path)), "ignore_errors=true", *_LINE_OPTIONS]
+    args = [_lit(url), "ignore_errors=true", *_LINE_OPTIONS]
     if not strict:
         args.append("strict_mode=false")
     if options.delimiter:
@@ -1006,7 +1050,8 @@ def _ingest_xlsx(
     text = work_dir / "sheet.csv"
     try:
         _sheet_to_csv(source, options.sheet, text)
-        table = _csv_to_parquet(con, text, IngestOptions(delimiter=",", header=True), out)
+        options = IngestOptions(delimiter=",", header=True)
+        table = _csv_to_parquet(con, text, str(text), options, out)
     finally:
         text.unlink(missing_ok=True)
     return IngestResult(

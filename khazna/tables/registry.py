@@ -28,6 +28,7 @@ from khazna.checksums import file_sha256
 from khazna.errors import BadRequest, Conflict, KhaznaError, NotFound, Unprocessable
 from khazna.jobs.queue import Job, JobQueue, PermanentFailure
 from khazna.storage.blobstore import BlobStore
+from khazna.tables.early import EarlyIngests
 from khazna.tables.query import Column, TableRef
 
 log = logging.getLogger("khazna.tables")
@@ -83,6 +84,7 @@ class Tables:
         work_dir: Path,
         memory_limit: str = "512MB",
         threads: int = 2,
+        early_min_bytes: int = 0,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
@@ -94,6 +96,10 @@ class Tables:
         self.memory_limit = memory_limit
         self.threads = threads
         work_dir.mkdir(parents=True, exist_ok=True)
+        # Conversions started while an upload arrives (early.py); the jobs take them.
+        self.early = EarlyIngests(work_dir, self._convert, early_min_bytes)
+        # Only one process uses an SQLite hub's folder: whatever is there was left behind.
+        self.early.clear_stale(everything=engine.dialect.name == "sqlite")
         catalog.version_hooks.append(self.on_version)
 
     # scheduling ------------------------------------------------------------------------
@@ -180,8 +186,11 @@ class Tables:
 
     def run_ingest(self, job: Job) -> dict[str, Any]:
         sha, key = job.payload["source_sha256"], job.payload["options_key"]
+        early = self.early.claim(sha, key)
         with self.engine.connect() as conn:
             if self._asset(conn, sha, key) is not None:
+                if early is not None:
+                    early.cancel("already ingested")
                 return {"status": "already ingested"}
         work = self.work_dir / f"job-{job.id}"
         shutil.rmtree(work, ignore_errors=True)
@@ -189,20 +198,15 @@ class Tables:
         try:
             self._check_residency(sha)
             options = ingesting.IngestOptions(**job.payload["options"])
-            # On local disk the blob itself; from object storage a copy in the work folder.
-            source = self.blobs.local_file(sha, work)
-            try:
-                result = ingesting.ingest(
-                    source,
-                    job.payload["file_name"],
-                    work,
-                    options,
-                    memory_limit=self.memory_limit,
-                    threads=self.threads,
-                )
-            except ingesting.NotATable as exc:
-                self._record(sha, key, status="failed", error=str(exc))
-                raise PermanentFailure(str(exc)) from exc
+            result = early_result = early.result() if early is not None else None
+            if result is None:
+                # On local disk the blob itself; from object storage a copy in the work folder.
+                source = self.blobs.local_file(sha, work)
+                try:
+                    result = self._convert(source, job.payload["file_name"], work, options)
+                except ingesting.NotATable as exc:
+                    self._record(sha, key, status="failed", error=str(exc))
+                    raise PermanentFailure(str(exc)) from exc
             digest = file_sha256(result.parquet)
             self.derived.place(result.parquet, digest, result.parquet.stat().st_size)
             columns = [{"name": c.name, "type": c.type} for c in result.columns]
@@ -225,9 +229,34 @@ class Tables:
                 "rows": result.rows,
                 "parquet_sha256": digest,
                 "problem_count": result.problem_count,
+                # Converted while the upload arrived (early.py), or by this job.
+                "converted_while_uploading": early_result is not None,
             }
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            if early is not None:
+                early.remove()
+
+    def _convert(
+        self,
+        source: Path,
+        file_name: str,
+        work: Path,
+        options: ingesting.IngestOptions,
+        **kwargs: Any,
+    ) -> ingesting.IngestResult:
+        return ingesting.ingest(
+            source,
+            file_name,
+            work,
+            options,
+            memory_limit=self.memory_limit,
+            threads=self.threads,
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        self.early.close()
 
     def run_profile(self, job: Job) -> dict[str, Any]:
         sha, key = job.payload["source_sha256"], job.payload["options_key"]
