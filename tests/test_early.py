@@ -106,6 +106,7 @@ def test_converting_while_the_bytes_arrive_gives_the_same_table(
     assert early_mod.START_BYTES <= early.started_at_bytes < big_csv.stat().st_size
 
     assert converted(result) == converted(expected)
+    assert result.parquet_sha256 == expected.parquet_sha256 is not None
     assert result.rows == ROWS - 2  # two ragged rows skipped
     assert [c.type for c in result.columns] == ["BIGINT", "DATE", "VARCHAR", "DOUBLE", "VARCHAR"]
     assert [(p.kind, p.line) for p in result.problems] == [

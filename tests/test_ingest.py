@@ -43,7 +43,11 @@ ARRONDISSEMENTS = "prefecture_of_arrondissements"  # the type value used in the 
 
 
 def run(path: Path, work: Path, name: str | None = None, **options: Any) -> IngestResult:
-    return ingest(path, name or path.name, work, IngestOptions(**options))
+    result = ingest(path, name or path.name, work, IngestOptions(**options))
+    # The SHA-256 computed while DuckDB wrote the Parquet is the file's (every test checks,
+    # whatever the format and however many times the COPY ran).
+    assert result.parquet_sha256 == hashlib.sha256(result.parquet.read_bytes()).hexdigest()
+    return result
 
 
 def rows(result: IngestResult, sql: str = "SELECT * FROM t") -> list[tuple[Any, ...]]:

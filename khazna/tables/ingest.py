@@ -27,6 +27,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import dataclasses
+import hashlib
+import io
 import math
 import re
 import shutil
@@ -43,6 +46,7 @@ import duckdb
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import python_calamine
+from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]
 
 TABLE_FORMATS: dict[str, str] = {
     ".csv": "csv",
@@ -109,6 +113,8 @@ class IngestResult:
     problem_count: int  # ...but all counted
     encoding: str | None  # detected or declared text encoding (None for parquet/xlsx)
     delimiter: str | None
+    # Computed as DuckDB wrote the file (see _Outputs); None if that was not possible.
+    parquet_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,18 +174,94 @@ def ingest(
     if size == 0:
         raise NotATable("empty file")
     out = work_dir / "table.parquet"
+    outputs = _Outputs(work_dir)
     with _connect(work_dir, memory_limit, threads) as con:
+        con.register_filesystem(outputs)
         if arriving is not None:
             con.register_filesystem(arriving.filesystem)
         if on_connect is not None:
             on_connect(con)
         if kind == "csv":
-            return _ingest_text(con, source, work_dir, options, out, size, arriving)
-        if kind == "xlsx":
-            return _ingest_xlsx(con, source, work_dir, options, out)
-        if kind == "parquet":
-            return _ingest_parquet(con, source, out)
-        return _ingest_json(con, source, out, ndjson=kind == "ndjson")
+            result = _ingest_text(con, source, work_dir, options, out, size, arriving)
+        elif kind == "xlsx":
+            result = _ingest_xlsx(con, source, work_dir, options, out)
+        elif kind == "parquet":
+            result = _ingest_parquet(con, source, out)
+        else:
+            result = _ingest_json(con, source, out, ndjson=kind == "ndjson")
+    return dataclasses.replace(result, parquet_sha256=outputs.sha256_of(out))
+
+
+_OUTPUT = "khazna-output"
+
+
+def _output_url(out: Path) -> str:
+    """Where a COPY writes ``out``: through _Outputs, which hashes it on the way."""
+    return f"{_OUTPUT}://{out.name}"
+
+
+class _HashingFile(io.RawIOBase):
+    """A file written front to back, hashed as it is written."""
+
+    def __init__(self, outputs: _Outputs, name: str) -> None:
+        super().__init__()
+        self._outputs, self._name = outputs, name
+        self._file = open(outputs.folder / name, "wb")  # noqa: SIM115 - closed in close()
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._file.write(view)
+        self._hash.update(view)
+        self._size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self._size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        # A writer that went back would make the running hash wrong: refuse.
+        if (whence, offset) in ((io.SEEK_SET, self._size), (io.SEEK_CUR, 0), (io.SEEK_END, 0)):
+            return self._size
+        raise OSError("the table is written front to back only")
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+            self._outputs.written[self._name] = (self._hash.hexdigest(), self._size)
+        super().close()
+
+
+class _Outputs(AbstractFileSystem):  # type: ignore[misc]
+    """``khazna-output://NAME`` is ``folder/NAME``, written through _HashingFile: the
+    Parquet's SHA-256 (its name in the derived store) comes without reading it again."""
+
+    protocol = (_OUTPUT,)
+    cachable = False
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        self.written: dict[str, tuple[str, int]] = {}
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> _HashingFile:
+        if mode != "wb":
+            raise PermissionError("tables are only written here")
+        name = str(self._strip_protocol(path)).strip("/")
+        self.written.pop(name, None)
+        return _HashingFile(self, name)
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        raise FileNotFoundError(path)  # nothing to overwrite: each output is new
+
+    def sha256_of(self, out: Path) -> str | None:
+        """The hash of ``out`` as last written through here, if it is still that file."""
+        digest, size = self.written.get(out.name, (None, -1))
+        return digest if out.stat().st_size == size else None
 
 
 # --- DuckDB -----------------------------------------------------------------------------
@@ -847,7 +929,8 @@ def _copy_csv(
             value = f"coalesce({value}, CASE WHEN NOT {_blank(v)} THEN {alarm} END)"
         exprs.append(f"{value} AS {_ident(name)}")
     rejects = src.rejects_table()
-    sql = f"COPY (SELECT {', '.join(exprs)} FROM {src.read(rejects=rejects)}) TO {_lit(str(out))}"
+    select = f"SELECT {', '.join(exprs)} FROM {src.read(rejects=rejects)}"
+    sql = f"COPY ({select}) TO {_lit(_output_url(out))}"
     try:
         row = _one(con, f"{sql} (FORMAT parquet)")
     except duckdb.Error as exc:
@@ -1153,7 +1236,7 @@ def _copy_typed(con: Any, relation_sql: str, out: Path) -> tuple[int, list[Colum
         exprs.append(f"{sql} AS {_ident(name)}")
         columns.append(Column(name, type_))
     select = f"SELECT {', '.join(exprs)} FROM {relation_sql}"
-    row = _one(con, f"COPY ({select}) TO {_lit(str(out))} (FORMAT parquet)")
+    row = _one(con, f"COPY ({select}) TO {_lit(_output_url(out))} (FORMAT parquet)")
     return int(row[0]), columns
 
 

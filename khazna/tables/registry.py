@@ -207,7 +207,7 @@ class Tables:
                 except ingesting.NotATable as exc:
                     self._record(sha, key, status="failed", error=str(exc))
                     raise PermanentFailure(str(exc)) from exc
-            digest = file_sha256(result.parquet)
+            digest = result.parquet_sha256 or file_sha256(result.parquet)
             self.derived.place(result.parquet, digest, result.parquet.stat().st_size)
             columns = [{"name": c.name, "type": c.type} for c in result.columns]
             self._record(
