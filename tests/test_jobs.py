@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -117,3 +118,29 @@ def test_a_restarted_hub_requeues_what_was_running(tmp_path: Path) -> None:
     assert q.requeue_running() == 1
     again = q.claim("new-process")
     assert again is not None and (again.id, again.attempts) == (job_id, 2)
+
+
+def test_a_job_queued_in_a_slow_transaction_runs_once_it_commits(tmp_path: Path) -> None:
+    # Queuing wakes the idle runner before the transaction commits; on PostgreSQL its claim
+    # cannot see the job yet. It looks again shortly instead of sleeping its idle delay.
+    q = queue(tmp_path)
+    ran = threading.Event()
+
+    def handler(job: Job) -> dict:
+        ran.set()
+        return {"n": job.payload["n"]}
+
+    runner = JobRunner(q, {"test": handler}, idle_s=60)
+    runner.start()
+    try:
+        time.sleep(0.1)  # the runner is idle
+        with q.engine.begin() as conn:
+            job_id = q.enqueue(conn, "test", {"n": 7})
+            time.sleep(0.3)
+        assert ran.wait(10)  # not the 60 s idle delay
+        deadline = time.monotonic() + 10
+        while q.get(job_id)["state"] != "done" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (q.get(job_id)["state"], q.get(job_id)["result"]) == ("done", {"n": 7})
+    finally:
+        runner.stop()

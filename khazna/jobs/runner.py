@@ -14,6 +14,10 @@ log = logging.getLogger("khazna.jobs")
 
 Handler = Callable[[Job], dict[str, Any]]
 
+# After a wake-up that finds no job, look again this often, this many times (0.5 s).
+RECHECK_S = 0.01
+RECHECKS = 50
+
 
 class JobRunner:
     def __init__(
@@ -52,17 +56,26 @@ class JobRunner:
         return ran
 
     def _loop(self) -> None:
+        recheck = 0  # looks left after a wake-up that found nothing
         while not self._stop.is_set():
             try:
                 job = self.queue.claim(self.worker)
             except Exception:
                 log.exception("could not claim a job")
                 job = None
-            if job is None:
-                self.queue.wake.wait(self.idle_s)
-                self.queue.wake.clear()
+            if job is not None:
+                self._run(job)
                 continue
-            self._run(job)
+            if recheck > 0:
+                # Woken by a job queued inside a transaction that had not committed yet
+                # (PostgreSQL's claim skips what it cannot see): look again shortly rather
+                # than sleep for the idle delay.
+                recheck -= 1
+                self._stop.wait(RECHECK_S)
+                continue
+            if self.queue.wake.wait(self.idle_s):
+                recheck = RECHECKS
+            self.queue.wake.clear()
 
     def _run(self, job: Job) -> None:
         handler = self.handlers.get(job.kind)
