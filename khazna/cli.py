@@ -109,7 +109,14 @@ def serve(
             highlight=False,
         )
     uvicorn.run(
-        create_app(hub), host=host, port=port, log_level="info", timeout_graceful_shutdown=5
+        create_app(hub),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+        # The client's address behind a load balancer, for the audit log and the quotas.
+        proxy_headers=True,
+        forwarded_allow_ips=hub.settings.trusted_proxies,
     )
 
 

@@ -65,6 +65,10 @@ class Settings:
     # s3://bucket[/prefix]?endpoint=&region= URL; and the jurisdiction that place is under.
     storage_url: str | None = None
     storage_jurisdiction: str | None = None
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated
+    # addresses or networks, "*" for any): the audit log and the quotas then see the client's
+    # address, not the proxy's.
+    trusted_proxies: str = "127.0.0.1"
 
     @property
     def storage(self) -> StorageLocation:
@@ -122,6 +126,7 @@ class Settings:
                 _number_env("KHAZNA_AUDIT_CHECKPOINT_EVERY", 1000, "entries", positive=True)
             ),
             storage_url=_storage_url_env(),
+            trusted_proxies=(os.environ.get("KHAZNA_TRUSTED_PROXIES") or "127.0.0.1").strip(),
             storage_jurisdiction=_jurisdiction_env(),
         )
 

@@ -724,3 +724,26 @@ def test_a_lost_head_row_is_remade_from_the_last_entry(tmp_path: Path) -> None:
     report = hub.audit.verify()
     assert (report.entries, report.problems) == (4, [])
     hub.close()
+
+
+@pytest.mark.parametrize(
+    ("trusted", "client"),
+    [(None, "203.0.113.7"), ("192.0.2.1", "127.0.0.1")],
+    ids=["behind-a-trusted-proxy", "forwarded-header-from-a-stranger"],
+)
+def test_the_audit_log_sees_the_client_behind_a_trusted_proxy(
+    live_factory: Any, trusted: str | None, client: str
+) -> None:
+    # By default a proxy on the same machine (127.0.0.1) is believed; KHAZNA_TRUSTED_PROXIES
+    # names others, and then a header from anyone else is ignored.
+    server = live_factory({"KHAZNA_TRUSTED_PROXIES": trusted} if trusted else {})
+    with server.client() as c:
+        r = c.post(
+            "/api/v1/sql",
+            json={"sql": "SELECT 42"},
+            headers={"X-Forwarded-For": "203.0.113.7"},
+        )
+        assert r.json()["rows"] == [[42]]
+        entries = c.get("/api/v1/audit", params={"limit": 10}).json()["entries"]
+    query = next(e for e in entries if e["action"] == "query")
+    assert (query["client"], query["detail"]["sql"]) == (client, "SELECT 42")
