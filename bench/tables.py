@@ -14,7 +14,9 @@ folder:
      ``done``; each repetition goes to a new dataset, and the CSV's last note changes
      first, so content deduplication never skips the ingest. The server's peak RSS
      (itself and any children, sampled every 20 ms) is recorded meanwhile; the time each
-     step ended (PUT answered, table ready, job done) is read back from the server;
+     step ended (PUT answered, table ready, job done) is read back from the server, and
+     whether the CSV was converted while it arrived (``ingest_converted_while_uploading``:
+     the server's default does so from 64 MiB);
    - the floor: DuckDB's ``COPY (SELECT * FROM read_csv_auto(f)) TO 'x.parquet'
      (FORMAT parquet)`` in this process, on a fresh in-memory connection;
    - Datasette's path, once (it is slow): ``sqlite-utils insert db.sqlite rows f --csv``
@@ -445,6 +447,7 @@ class Ingest:
     rss_peak: int
     rss_before: int
     started_at: float  # wall clock, seconds since the epoch
+    early: bool  # converted while the upload arrived (the job's converted_while_uploading)
 
 
 def khazna_ingest(http: httpx.Client, server: Server, src: Path, dataset: str) -> Ingest:
@@ -480,6 +483,7 @@ def khazna_ingest(http: httpx.Client, server: Server, src: Path, dataset: str) -
         rss.peak,
         rss.before,
         started_at,
+        bool(state["result"].get("converted_while_uploading")),
     )
 
 
@@ -583,6 +587,7 @@ class Results:
     agg: dict[str, dict[tuple[str, str], int]] = field(default_factory=dict)
     page: dict[str, list[int]] = field(default_factory=dict)
     cache_dropped: bool = False  # each ingest began with the page cache dropped (root only)
+    early: list[bool] = field(default_factory=list)  # per upload: converted while arriving
 
     def add(self, key: str, seconds: float) -> None:
         self.ingest.setdefault(key, []).append(seconds)
@@ -860,6 +865,7 @@ def report(
         "answers_agree": agree,
         "other_cpu_share": other_cpu,
         "page_cache_dropped_before_each_ingest": res.cache_dropped,
+        "ingest_converted_while_uploading": res.early,
         "duckdb_queries_on": "the Parquet file Khazna derived (under $KHAZNA_HOME/derived/)",
         "machine": machine(),
     }
@@ -911,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The profile job the upload queued runs next: not beside the next floor.
                 wait_for_profiles(kh_http, [run.dataset])
                 runs.append(run)
+                res.early.append(run.early)
                 res.add("khazna", run.total_s)
             for step in ingest_steps(khazna.home, runs):
                 res.add("khazna_stored", step["stored_s"])
