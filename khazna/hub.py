@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from khazna import db
 from khazna.access import AccessPolicy, Accounts
 from khazna.access.audit import AuditLog, HubKey
-from khazna.access.quotas import Quotas
+from khazna.access.quotas import make_quotas
 from khazna.access.requests import AccessRequests
 from khazna.catalog.search import make_search_index
 from khazna.catalog.service import Catalog
@@ -51,7 +51,9 @@ class Hub:
         self.blobs, self.derived = _stores(settings)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
-        self.quotas = Quotas(settings.rate_limit_per_minute, settings.daily_download_bytes)
+        self.quotas = make_quotas(
+            self.engine, settings.rate_limit_per_minute, settings.daily_download_bytes
+        )
         self.search = make_search_index(self.engine, self.policy)
         self.audit = AuditLog(
             self.engine,
