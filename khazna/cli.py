@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,6 +32,10 @@ from khazna.catalog.names import pick_language
 from khazna.client import Client, KhaznaClientError
 from khazna.config import Settings
 from khazna.errors import KhaznaError
+
+if TYPE_CHECKING:  # the hub is imported only by the commands that open one
+    from khazna.access.accounts import Principal
+    from khazna.hub import Hub
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -66,6 +73,20 @@ def _hub(home: Path | None):  # type: ignore[no-untyped-def]
     from khazna.hub import Hub
 
     return Hub(Settings.from_env(home))
+
+
+def operator_name() -> str:
+    """Who runs a command on the hub folder, for the audit log: the OS user at this host."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _operator(hub: Hub) -> Principal:
+    """The hub's own account (an admin), named after the operator in the entries it writes."""
+    return dataclasses.replace(hub.accounts.system_principal(), name=operator_name())
 
 
 @contextmanager
@@ -129,7 +150,7 @@ def users_add(
             hub.catalog.organization(org)
             check_role(role)
         _, token = hub.accounts.add_user(name, admin=admin)
-        operator = hub.accounts.system_principal()
+        operator = _operator(hub)
         detail = {"user": name, "admin": admin}
         hub.audit.record(operator, "user.create", detail=detail, client="cli")
         if org:
@@ -169,7 +190,7 @@ def audit_export(
     """Write the audit log and a signed checkpoint of its head to a file (JSON Lines)."""
     with _errors():
         hub = _hub(home)
-        operator = hub.accounts.system_principal()
+        operator = _operator(hub)
         detail = {"file": output.name, "dataset": dataset}
         hub.audit.record(operator, "audit.export", detail=detail, client="cli")
         with open(output, "w", encoding="utf-8") as f:
@@ -498,8 +519,12 @@ def access_approve(
             hub = _hub(home)
             org, name = split_ref(ref)
             expiry = None if until is None else parse_expiry(until, "--until")
-            done = hub.access_requests.approve(
-                hub.accounts.system_principal(), org, name, user, expiry
+            operator = _operator(hub)
+            done = hub.access_requests.approve(operator, org, name, user, expiry)
+            # The same entry as an approval through the API, by the operator, from "cli".
+            detail = {"user": user, "until": None if expiry is None else expiry.isoformat()}
+            hub.audit.record(
+                operator, "access.approve", org=org, dataset=name, detail=detail, client="cli"
             )
         else:
             with _client() as client:
@@ -521,8 +546,11 @@ def access_refuse(
 
             hub = _hub(home)
             org, name = split_ref(ref)
-            done = hub.access_requests.refuse(
-                hub.accounts.system_principal(), org, name, user, reason
+            operator = _operator(hub)
+            done = hub.access_requests.refuse(operator, org, name, user, reason)
+            detail = {"user": user, "reason": reason}
+            hub.audit.record(
+                operator, "access.refuse", org=org, dataset=name, detail=detail, client="cli"
             )
         else:
             with _client() as client:
