@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import getpass
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,10 +29,6 @@ from khazna.catalog.names import pick_language
 from khazna.client import Client, KhaznaClientError
 from khazna.config import Settings
 from khazna.errors import KhaznaError
-
-if TYPE_CHECKING:  # the hub is imported only by the commands that open one
-    from khazna.access.accounts import Principal
-    from khazna.hub import Hub
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -73,20 +66,6 @@ def _hub(home: Path | None):  # type: ignore[no-untyped-def]
     from khazna.hub import Hub
 
     return Hub(Settings.from_env(home))
-
-
-def operator_name() -> str:
-    """Who runs a command on the hub folder, for the audit log: the OS user at this host."""
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
-        user = f"uid{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
-
-
-def _operator(hub: Hub) -> Principal:
-    """The hub's own account (an admin), named after the operator in the entries it writes."""
-    return dataclasses.replace(hub.accounts.system_principal(), name=operator_name())
 
 
 @contextmanager
@@ -150,7 +129,7 @@ def users_add(
             hub.catalog.organization(org)
             check_role(role)
         _, token = hub.accounts.add_user(name, admin=admin)
-        operator = _operator(hub)
+        operator = hub.accounts.operator_principal()
         detail = {"user": name, "admin": admin}
         hub.audit.record(operator, "user.create", detail=detail, client="cli")
         if org:
@@ -190,7 +169,7 @@ def audit_export(
     """Write the audit log and a signed checkpoint of its head to a file (JSON Lines)."""
     with _errors():
         hub = _hub(home)
-        operator = _operator(hub)
+        operator = hub.accounts.operator_principal()
         detail = {"file": output.name, "dataset": dataset}
         hub.audit.record(operator, "audit.export", detail=detail, client="cli")
         with open(output, "w", encoding="utf-8") as f:
@@ -519,7 +498,7 @@ def access_approve(
             hub = _hub(home)
             org, name = split_ref(ref)
             expiry = None if until is None else parse_expiry(until, "--until")
-            operator = _operator(hub)
+            operator = hub.accounts.operator_principal()
             done = hub.access_requests.approve(operator, org, name, user, expiry)
             # The same entry as an approval through the API, by the operator, from "cli".
             detail = {"user": user, "until": None if expiry is None else expiry.isoformat()}
@@ -546,7 +525,7 @@ def access_refuse(
 
             hub = _hub(home)
             org, name = split_ref(ref)
-            operator = _operator(hub)
+            operator = hub.accounts.operator_principal()
             done = hub.access_requests.refuse(operator, org, name, user, reason)
             detail = {"user": user, "reason": reason}
             hub.audit.record(

@@ -73,6 +73,7 @@ class Hub:
             self.jobs,
             settings.home / "work",
             memory_limit=settings.ingest_memory_limit,
+            audit=self.audit,
         )
         self.runner = JobRunner(
             self.jobs,

@@ -17,9 +17,8 @@ import pytest
 from sqlalchemy import text
 
 from khazna import db
-from khazna.access.accounts import Principal
+from khazna.access.accounts import Principal, operator_name
 from khazna.access.audit import GENESIS, entry_hash
-from khazna.cli import operator_name
 from khazna.config import Settings
 from khazna.hub import Hub
 from tests.conftest import DATA, Api, khazna_cmd
