@@ -18,6 +18,7 @@ from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
 from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import BlobStore, LocalBlobStore
+from khazna.tables.query import QuerySlots
 from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 
 
@@ -75,6 +76,7 @@ class Hub:
             memory_limit=settings.ingest_memory_limit,
             audit=self.audit,
         )
+        self.query_slots = QuerySlots(settings.sql_concurrency)
         self.runner = JobRunner(
             self.jobs,
             {INGEST_JOB: self.tables.run_ingest, PROFILE_JOB: self.tables.run_profile},
