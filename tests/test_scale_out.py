@@ -1,10 +1,12 @@
 """Two hub processes sharing one PostgreSQL database (and one hub folder, standing for
-shared storage) serve one hub: what one writes the other reads, concurrent commits to one
-dataset make consecutive versions, and no job runs twice."""
+shared storage, or with KHAZNA_TEST_STORAGE=s3 one SeaweedFS bucket) serve one hub: what
+one writes the other reads, concurrent commits to one dataset make consecutive versions,
+no job runs twice, and quotas hold across them."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from khazna.app import create_app
 from khazna.config import Settings
 from khazna.hub import Hub
 from khazna.jobs import Job, JobRunner
-from tests.conftest import DATA, ON_POSTGRES, start_server, stop_server
+from tests.conftest import DATA, ON_POSTGRES, S3_MODE, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(
     not ON_POSTGRES,
@@ -359,6 +361,17 @@ def test_two_khazna_serve_processes_serve_one_hub(tmp_path: Path) -> None:
                 time.sleep(0.1)
             answer = b.post("/api/v1/sql", json={"sql": f"SELECT count(*) FROM {SQL_NAME}"})
             assert answer.json()["rows"] == [[12]]
+            # Uploaded through A, read through B: the bytes, the rows, the search index.
+            got = b.get(f"/api/v1/datasets/{ORG}/rgph/files/regions.csv")
+            assert (got.status_code, got.content) == (200, regions)
+            assert got.headers["etag"] == f'"{hashlib.sha256(regions).hexdigest()}"'
+            rows = b.get(f"/api/v1/tables/{ORG}/rgph/regions.csv/rows?limit=1").json()
+            assert rows["total"] == 12
+            found = b.get("/api/v1/search", params={"q": "rgph"}).json()
+            assert [(r["org"], r["name"]) for r in found["results"]] == [(ORG, "rgph")]
+            if S3_MODE:  # the bytes are in the bucket, not in the shared folder
+                assert not list((home / "blobs").glob("??/??/*"))
+                assert not list((home / "derived").glob("??/??/*"))
 
             start = threading.Barrier(6)
             versions: list[int] = []
@@ -377,6 +390,16 @@ def test_two_khazna_serve_processes_serve_one_hub(tmp_path: Path) -> None:
             assert sorted(versions) == [2, 3, 4, 5, 6, 7]
             got = a.get(f"/api/v1/datasets/{ORG}/rgph").json()
             assert (got["version"], len(got["files"])) == (7, 7)
+            # Both processes tell the same history.
+            history = [
+                http.get(f"/api/v1/datasets/{ORG}/rgph/versions").json()["versions"]
+                for http in (a, b)
+            ]
+            assert history[0] == history[1]
+            assert [v["version"] for v in history[0]] == [7, 6, 5, 4, 3, 2, 1]
+            for n in range(6):
+                note = a.get(f"/api/v1/datasets/{ORG}/rgph/files/note-{n}.txt")
+                assert (note.status_code, note.content) == (200, b"n")
     finally:
         stop_server(first)
         stop_server(second)
