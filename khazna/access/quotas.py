@@ -65,7 +65,7 @@ class Reservation:
 
     def finish(self) -> None:
         unsent, self.reserved = self.reserved - self.sent, self.sent
-        if unsent > 0:
+        if unsent > 0 and self._quotas.daily_bytes > 0:  # else nothing was counted
             self._quotas._give_back(self._key, DAILY_BYTES, self._start, unsent)
 
 
