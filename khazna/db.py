@@ -305,6 +305,7 @@ quota_counters = Table(
     PrimaryKeyConstraint("key", "rule"),
 )
 
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers go on while one writer commits; busy_timeout makes writers queue.
