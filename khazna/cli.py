@@ -136,7 +136,7 @@ def users_add(
             hub.catalog.organization(org)
             check_role(role)
         _, token = hub.accounts.add_user(name, admin=admin)
-        operator = hub.accounts.system_principal()
+        operator = hub.accounts.operator_principal()
         detail = {"user": name, "admin": admin}
         hub.audit.record(operator, "user.create", detail=detail, client="cli")
         if org:
@@ -176,7 +176,7 @@ def audit_export(
     """Write the audit log and a signed checkpoint of its head to a file (JSON Lines)."""
     with _errors():
         hub = _hub(home)
-        operator = hub.accounts.system_principal()
+        operator = hub.accounts.operator_principal()
         detail = {"file": output.name, "dataset": dataset}
         hub.audit.record(operator, "audit.export", detail=detail, client="cli")
         with open(output, "w", encoding="utf-8") as f:
@@ -505,8 +505,12 @@ def access_approve(
             hub = _hub(home)
             org, name = split_ref(ref)
             expiry = None if until is None else parse_expiry(until, "--until")
-            done = hub.access_requests.approve(
-                hub.accounts.system_principal(), org, name, user, expiry
+            operator = hub.accounts.operator_principal()
+            done = hub.access_requests.approve(operator, org, name, user, expiry)
+            # The same entry as an approval through the API, by the operator, from "cli".
+            detail = {"user": user, "until": None if expiry is None else expiry.isoformat()}
+            hub.audit.record(
+                operator, "access.approve", org=org, dataset=name, detail=detail, client="cli"
             )
         else:
             with _client() as client:
@@ -528,8 +532,11 @@ def access_refuse(
 
             hub = _hub(home)
             org, name = split_ref(ref)
-            done = hub.access_requests.refuse(
-                hub.accounts.system_principal(), org, name, user, reason
+            operator = hub.accounts.operator_principal()
+            done = hub.access_requests.refuse(operator, org, name, user, reason)
+            detail = {"user": user, "reason": reason}
+            hub.audit.record(
+                operator, "access.refuse", org=org, dataset=name, detail=detail, client="cli"
             )
         else:
             with _client() as client:

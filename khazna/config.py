@@ -25,6 +25,14 @@ def _number_env(name: str, default: float, unit: str, *, positive: bool = False)
     return value
 
 
+def _whole_env(name: str, default: int, unit: str) -> int:
+    """A whole number, at least 1."""
+    value = _number_env(name, default, unit, positive=True)
+    if value != int(value) or value < 1:
+        raise ValueError(f"{name} must be a whole number of {unit}, at least 1")
+    return int(value)
+
+
 def _memory_env(name: str, default: str) -> str:
     """A DuckDB memory size such as 512MB or 2GB."""
     raw = (os.environ.get(name) or default).strip().upper().replace(" ", "")
@@ -56,6 +64,8 @@ class Settings:
     sql_timeout_s: float = 30.0
     sql_memory_limit: str = "1GB"
     sql_row_limit: int = 10_000
+    # DuckDB queries of callers (SQL, rows API) running at once in one process.
+    sql_concurrency: int = 4
     # Quotas per token (per client address for anonymous callers); 0 turns one off.
     rate_limit_per_minute: int = 0
     daily_download_bytes: int = 0
@@ -118,6 +128,7 @@ class Settings:
             sql_timeout_s=_number_env("KHAZNA_SQL_TIMEOUT_S", 30.0, "seconds", positive=True),
             sql_memory_limit=_memory_env("KHAZNA_SQL_MEMORY_LIMIT", "1GB"),
             sql_row_limit=int(_number_env("KHAZNA_SQL_ROW_LIMIT", 10_000, "rows", positive=True)),
+            sql_concurrency=_whole_env("KHAZNA_SQL_CONCURRENCY", 4, "queries"),
             rate_limit_per_minute=int(
                 _number_env("KHAZNA_RATE_LIMIT_PER_MINUTE", 0, "requests per minute")
             ),

@@ -288,6 +288,24 @@ audit_checkpoints = Table(
 )
 
 
+# Quota counters shared by every hub process on PostgreSQL (khazna/access/quotas.py): one
+# row per caller and rule, for the current window (a minute, or a UTC day).
+quota_counters = Table(
+    "quota_counters",
+    metadata,
+    Column("key", String(200), nullable=False),  # "token:12", "address:192.0.2.10"
+    Column("rule", String(30), nullable=False),  # "rate_limit", "daily_download_bytes"
+    Column("window_start_ms", BigInteger, nullable=False),  # Unix time, milliseconds
+    Column("used", BigInteger, nullable=False),  # requests, or bytes, admitted in the window
+    Column("refused", BigInteger, nullable=False),  # refusals in the window
+    # Refusals of earlier windows not written to the audit log (only the first of each
+    # window is), until the next refusal that is.
+    Column("unlogged", BigInteger, nullable=False),
+    Column("admitted", Boolean, nullable=False),  # what the last attempt got
+    PrimaryKeyConstraint("key", "rule"),
+)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers go on while one writer commits; busy_timeout makes writers queue.

@@ -77,6 +77,9 @@ class OverQuota(KhaznaError):
 
     status = 429
     code = "over_quota"
+    # Set on the first refusal of a caller's window: it goes to the audit log, carrying
+    # this many refusals of earlier windows that did not (None: not logged).
+    log_unlogged: int | None = None
 
 
 class StorageFailure(KhaznaError):

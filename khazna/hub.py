@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from khazna import db
 from khazna.access import AccessPolicy, Accounts
 from khazna.access.audit import AuditLog, HubKey
-from khazna.access.quotas import Quotas
+from khazna.access.quotas import make_quotas
 from khazna.access.requests import AccessRequests
 from khazna.catalog.search import make_search_index
 from khazna.catalog.service import Catalog
@@ -18,6 +18,7 @@ from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
 from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import BlobStore, LocalBlobStore
+from khazna.tables.query import QuerySlots
 from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 
 
@@ -51,7 +52,9 @@ class Hub:
         self.blobs, self.derived = _stores(settings)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
-        self.quotas = Quotas(settings.rate_limit_per_minute, settings.daily_download_bytes)
+        self.quotas = make_quotas(
+            self.engine, settings.rate_limit_per_minute, settings.daily_download_bytes
+        )
         self.search = make_search_index(self.engine, self.policy)
         self.audit = AuditLog(
             self.engine,
@@ -72,7 +75,9 @@ class Hub:
             settings.home / "work",
             memory_limit=settings.ingest_memory_limit,
             early_min_bytes=settings.early_ingest_min_bytes,
+            audit=self.audit,
         )
+        self.query_slots = QuerySlots(settings.sql_concurrency)
         self.runner = JobRunner(
             self.jobs,
             {INGEST_JOB: self.tables.run_ingest, PROFILE_JOB: self.tables.run_profile},

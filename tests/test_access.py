@@ -470,6 +470,98 @@ def test_quota_windows_and_unsent_bytes() -> None:
     assert Quotas(0, 0).download("x", 10**12).reserved == 10**12
 
 
+def test_only_the_first_quota_refusal_of_a_window_is_logged_with_the_ones_left_out(
+    api: Api,
+) -> None:
+    now = [1_800_000_000.0]
+    api.hub.quotas.per_minute = 2
+    api.hub.quotas.clock = lambda: now[0]
+    startup = api.auth(api.outsider)
+    codes = [api.http.get(f"{API}/search", headers=startup).status_code for _ in range(5)]
+    assert codes == [200, 200, 429, 429, 429]
+    now[0] += 60  # the next minute: two more, then a refusal that reports the two unlogged
+    codes = [api.http.get(f"{API}/search", headers=startup).status_code for _ in range(4)]
+    assert codes == [200, 200, 429, 429]
+    # Another caller's refusals are counted on their own.
+    now[0] += 1
+    for _ in range(3):
+        api.http.get(f"{API}/organizations/{ORG}")
+    log = api.http.get(
+        f"{API}/audit", params={"action": "denied"}, headers=api.auth(api.admin)
+    ).json()
+    message = (
+        "rate limit: at most 2 requests per minute (KHAZNA_RATE_LIMIT_PER_MINUTE) for {who}; "
+        "retry in {retry} s"
+    )
+    assert [(e["actor"], e["org"], e["detail"]) for e in reversed(log["entries"])] == [
+        (
+            "startup",
+            None,
+            {
+                "status": 429,
+                "rule": message.format(who="this token", retry=60),
+                "quota": "rate_limit",
+                "unlogged_before": 0,
+                "method": "GET",
+                "path": f"{API}/search",
+            },
+        ),
+        (
+            "startup",
+            None,
+            {
+                "status": 429,
+                "rule": message.format(who="this token", retry=60),
+                "quota": "rate_limit",
+                "unlogged_before": 2,
+                "method": "GET",
+                "path": f"{API}/search",
+            },
+        ),
+        (
+            None,
+            ORG,
+            {
+                "status": 429,
+                "rule": message.format(who="anonymous callers from testclient", retry=60),
+                "quota": "rate_limit",
+                "unlogged_before": 0,
+                "method": "GET",
+                "path": f"{API}/organizations/{ORG}",
+            },
+        ),
+    ]
+    assert api.hub.verify().ok
+
+
+def test_a_download_over_the_daily_volume_is_logged_on_its_dataset(api: Api) -> None:
+    publish(api, "ouvert", "public", wait=False)
+    size = REGIONS.stat().st_size
+    api.hub.quotas.daily_bytes = size + 10
+    url = f"{API}/datasets/{ORG}/ouvert/files/regions.csv"
+    startup = api.auth(api.outsider)
+    assert api.http.get(url, headers=startup).status_code == 200
+    assert [api.http.get(url, headers=startup).status_code for _ in range(3)] == [429] * 3
+    r = api.http.get(url, headers={**startup, "Range": "bytes=0-9"})
+    assert (r.status_code, r.content) == (206, REGIONS.read_bytes()[:10])
+    log = api.http.get(
+        f"{API}/audit",
+        params={"dataset": f"{ORG}/ouvert", "action": "denied"},
+        headers=api.auth(api.editor),
+    ).json()
+    assert log["count"] == 1
+    entry = log["entries"][0]
+    assert (entry["actor"], entry["dataset"]) == ("startup", "ouvert")
+    assert entry["detail"]["rule"].startswith(
+        f"daily download volume: at most {size + 10} bytes a day (KHAZNA_DAILY_DOWNLOAD_BYTES) "
+        f"for this token; {size} used today, this download is {size}; retry after midnight UTC"
+    )
+    assert (entry["detail"]["quota"], entry["detail"]["unlogged_before"]) == (
+        "daily_download_bytes",
+        0,
+    )
+
+
 # the command line ---------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from khazna import db
-from khazna.access.accounts import Principal
+from khazna.access.accounts import Principal, operator_name
 from khazna.access.audit import GENESIS, entry_hash
 from khazna.config import Settings
 from khazna.hub import Hub
@@ -538,6 +538,54 @@ def test_khazna_verify_passes_on_an_untouched_chain(logged_hub: Path) -> None:
     assert "0 problem(s)" in done.stdout
 
 
+def test_the_operators_decisions_on_the_hub_folder_are_logged(tmp_path: Path) -> None:
+    home = tmp_path / "hub"
+    hub = Hub(Settings.from_env(home))
+    system = hub.accounts.system_principal()
+    _, token = hub.accounts.add_user("startup")
+    hub.catalog.create_organization(system, "sante")
+    hub.catalog.create_dataset(system, "sante", "dossiers", access="restricted")
+    hub.access_requests.ask(hub.accounts.authenticate(token), "sante", "dossiers", "thèse")
+    ref = "sante/dossiers"
+    approved = run("access", "approve", ref, "startup", "--until", "2099-06-30", home=home)
+    assert approved.returncode == 0, approved.stderr
+    refused = run("access", "refuse", ref, "startup", "--reason", "fin du projet", home=home)
+    assert refused.returncode == 0, refused.stderr
+    found = hub.audit.entries(Principal(1, "root", is_admin=True))
+    assert [
+        (e["actor"], e["token_id"], e["action"], e["org"], e["dataset"], e["detail"], e["client"])
+        for e in reversed(found["entries"])
+    ] == [
+        (
+            operator_name(),
+            None,
+            "access.approve",
+            "sante",
+            "dossiers",
+            {"user": "startup", "until": "2099-07-01T00:00:00+00:00"},
+            "cli",
+        ),
+        (
+            operator_name(),
+            None,
+            "access.refuse",
+            "sante",
+            "dossiers",
+            {"user": "startup", "reason": "fin du projet"},
+            "cli",
+        ),
+    ]
+    assert "@" in operator_name()
+    # A refused decision writes nothing.
+    unknown = run("access", "refuse", "sante/nulle", "startup", "--reason", "x", home=home)
+    assert unknown.returncode == 1
+    assert hub.audit.entries(Principal(1, "root", is_admin=True))["count"] == 2
+    hub.close()
+    done = run("verify", home=home)
+    assert done.returncode == 0, done.stdout
+    assert "2 audit entries and 0 signed checkpoint(s) checked" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("tampering", "first"),
     [
@@ -638,7 +686,7 @@ def test_an_export_checks_offline_and_a_modified_one_fails(
     # users add, four downloads, and the export itself.
     assert [x["action"] for x in lines[1:7]] == ["user.create", *["download"] * 4, "audit.export"]
     assert (lines[1]["actor"], lines[1]["client"], lines[1]["detail"]) == (
-        "khazna",
+        operator_name(),
         "cli",
         {"user": "amina", "admin": True},
     )

@@ -16,12 +16,16 @@ import pytest
 from sqlalchemy import update
 
 from khazna import db
+from khazna.access.accounts import Principal, operator_name
 from khazna.config import Settings
+from khazna.demo import load_demo, manifest
+from khazna.errors import ResidencyRefused
 from khazna.hub import Hub
 from tests.conftest import Api, leftovers, stored_blobs
 from tests.test_tables_api import ORG, REGIONS, wait_job
 
 API = "/api/v1"
+ROOT = Principal(1, "root", is_admin=True)  # reads the whole audit log
 
 
 @pytest.fixture
@@ -156,3 +160,43 @@ def test_derived_parquet_is_refused_when_the_rule_changed_before_the_ingest(api:
     assert done["state"] == "failed"
     assert "requires its data to stay in FR" in done["error"]
     assert list(api.hub.derived.iter_hashes()) == []
+    # No request was refused: the job writes the refusal to the audit log itself.
+    denied = api.hub.audit.entries(ROOT, action="denied")["entries"]
+    assert [(e["actor"], e["org"], e["dataset"], e["client"], e["detail"]) for e in denied] == [
+        (
+            "khazna",
+            ORG,
+            "tardif",
+            "job",
+            {
+                "status": 403,
+                "rule": f"dataset {ORG}/tardif requires its data to stay in FR, but this hub's "
+                f"storage ({_kind()}) is in MA; nothing was stored",
+                "job": job,
+                "job_kind": "ingest_table",
+                "file": REGIONS.name,
+            },
+        )
+    ]
+
+
+def test_the_demo_loader_logs_a_residency_refusal(hub: Hub) -> None:
+    load_demo(hub)
+    # A rule set behind the hub's back on datasets whose bytes are stored.
+    with hub.engine.begin() as conn:
+        conn.execute(update(db.datasets).values(residency="FR"))
+    with pytest.raises(ResidencyRefused) as refusal:
+        load_demo(hub)
+    first = manifest()["datasets"][0]["name"]
+    denied = hub.audit.entries(ROOT, action="denied")["entries"]
+    assert [(e["actor"], e["org"], e["dataset"], e["client"], e["detail"]) for e in denied] == [
+        (
+            operator_name(),
+            "demo",
+            first,
+            "cli",
+            {"status": 403, "rule": refusal.value.message, "command": "serve --demo"},
+        )
+    ]
+    assert refusal.value.message.startswith(f"dataset demo/{first} requires its data to stay in FR")
+    assert hub.verify().ok

@@ -1,9 +1,12 @@
 """Two hub processes sharing one PostgreSQL database (and one hub folder, standing for
-shared storage) serve one hub: what one writes the other reads, concurrent commits to one
-dataset make consecutive versions, and no job runs twice."""
+shared storage, or with KHAZNA_TEST_STORAGE=s3 one SeaweedFS bucket) serve one hub: what
+one writes the other reads, concurrent commits to one dataset make consecutive versions,
+no job runs twice, and quotas hold across them."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,11 +18,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import insert, select, text
 
 from khazna import db
+from khazna.access.quotas import SharedQuotas
 from khazna.app import create_app
 from khazna.config import Settings
 from khazna.hub import Hub
 from khazna.jobs import Job, JobRunner
-from tests.conftest import DATA, ON_POSTGRES, start_server, stop_server
+from tests.conftest import DATA, ON_POSTGRES, S3_MODE, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(
     not ON_POSTGRES,
@@ -51,6 +55,101 @@ def two_apis(two_hubs: tuple[Hub, Hub]) -> Iterator[tuple[TestClient, TestClient
             http.headers["Authorization"] = f"Bearer {token}"
         assert a.post("/api/v1/organizations", json={"name": ORG}).status_code == 201
         yield a, b, token
+
+
+@pytest.fixture
+def two_limited(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, Hub, str, str]]:
+    """Two hubs on one database, both with a limit of 5 calls a minute and 1000 bytes of
+    downloads a day per caller; an admin's token and a plain user's."""
+    settings = dataclasses.replace(
+        Settings.from_env(tmp_path / "hub"), rate_limit_per_minute=5, daily_download_bytes=1000
+    )
+    first, second = Hub(settings), Hub(settings)
+    assert isinstance(first.quotas, SharedQuotas) and isinstance(second.quotas, SharedQuotas)
+    _, admin = first.accounts.add_user("nadia", admin=True)
+    _, user = first.accounts.add_user("startup")
+    with (
+        TestClient(create_app(first), raise_server_exceptions=False) as a,
+        TestClient(create_app(second), raise_server_exceptions=False) as b,
+    ):
+        yield a, b, first, admin, user
+    first.close()
+    second.close()
+
+
+def test_the_rate_limit_holds_across_two_hubs(
+    two_limited: tuple[TestClient, TestClient, Hub, str, str],
+) -> None:
+    a, b, hub, admin, user = two_limited
+    startup = {"Authorization": f"Bearer {user}"}
+    assert [a.get("/api/v1/search", headers=startup).status_code for _ in range(3)] == [200] * 3
+    assert [b.get("/api/v1/search", headers=startup).status_code for _ in range(2)] == [200] * 2
+    for http in (b, a):
+        r = http.get("/api/v1/search", headers=startup)
+        assert r.status_code == 429, r.text
+        error = r.json()["error"]
+        assert (error["code"], error["rule"], error["limit"]) == ("over_quota", "rate_limit", 5)
+        assert error["message"].startswith(
+            "rate limit: at most 5 requests per minute (KHAZNA_RATE_LIMIT_PER_MINUTE) for this "
+            "token; retry in "
+        )
+        assert 55 <= int(r.headers["retry-after"]) == error["retry_after"] <= 60
+    # Another token has its own count, on either hub.
+    nadia = {"Authorization": f"Bearer {admin}"}
+    assert b.get("/api/v1/search", headers=nadia).status_code == 200
+    # Two refusals, one on each hub: the first of the window is in the audit log.
+    log = a.get("/api/v1/audit", params={"action": "denied"}, headers=nadia).json()
+    assert [(e["actor"], e["detail"]["status"], e["detail"]["unlogged_before"])
+            for e in log["entries"]] == [("startup", 429, 0)]  # fmt: skip
+    assert hub.verify().ok
+
+
+def test_callers_racing_on_both_hubs_get_exactly_the_limit(
+    two_limited: tuple[TestClient, TestClient, Hub, str, str],
+) -> None:
+    a, b, _, _, user = two_limited
+    startup = {"Authorization": f"Bearer {user}"}
+    start = threading.Barrier(16)
+    codes: list[int] = []
+
+    def call(n: int) -> None:
+        start.wait()
+        codes.append((a if n % 2 else b).get("/api/v1/me", headers=startup).status_code)
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200] * 5 + [429] * 11
+
+
+def test_the_daily_download_volume_holds_across_two_hubs(
+    two_limited: tuple[TestClient, TestClient, Hub, str, str],
+) -> None:
+    a, b, hub, admin, _ = two_limited
+    nadia = {"Authorization": f"Bearer {admin}"}
+    assert a.post("/api/v1/organizations", json={"name": ORG}, headers=nadia).status_code == 201
+    r = b.post("/api/v1/datasets", json={"org": ORG, "name": "notes"}, headers=nadia)
+    assert r.status_code == 201
+    content = bytes(range(200)) * 2  # 400 bytes
+    url = f"/api/v1/datasets/{ORG}/notes/files/notes.bin"
+    assert a.put(url, content=content, headers=nadia).status_code == 200
+    # Anonymous callers from one address: 400 through each hub, then 400 more do not fit.
+    assert a.get(url).content == content
+    assert b.get(url).content == content
+    refused = a.get(url)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["message"].startswith(
+        "daily download volume: at most 1000 bytes a day (KHAZNA_DAILY_DOWNLOAD_BYTES) for "
+        "anonymous callers from testclient; 800 used today, this download is 400; "
+    )
+    r = b.get(url, headers={"Range": "bytes=0-199"})
+    assert (r.status_code, r.content) == (206, content[:200])
+    refused = b.get(url, headers={"Range": "bytes=0-0"})
+    assert refused.status_code == 429
+    assert "1000 used today, this download is 1;" in refused.json()["error"]["message"]
+    assert [hub.quotas.downloaded_today("address:testclient")] == [1000]
 
 
 def test_each_hub_sees_what_the_other_wrote(
@@ -262,6 +361,17 @@ def test_two_khazna_serve_processes_serve_one_hub(tmp_path: Path) -> None:
                 time.sleep(0.1)
             answer = b.post("/api/v1/sql", json={"sql": f"SELECT count(*) FROM {SQL_NAME}"})
             assert answer.json()["rows"] == [[12]]
+            # Uploaded through A, read through B: the bytes, the rows, the search index.
+            got = b.get(f"/api/v1/datasets/{ORG}/rgph/files/regions.csv")
+            assert (got.status_code, got.content) == (200, regions)
+            assert got.headers["etag"] == f'"{hashlib.sha256(regions).hexdigest()}"'
+            rows = b.get(f"/api/v1/tables/{ORG}/rgph/regions.csv/rows?limit=1").json()
+            assert rows["total"] == 12
+            found = b.get("/api/v1/search", params={"q": "rgph"}).json()
+            assert [(r["org"], r["name"]) for r in found["results"]] == [(ORG, "rgph")]
+            if S3_MODE:  # the bytes are in the bucket, not in the shared folder
+                assert not list((home / "blobs").glob("??/??/*"))
+                assert not list((home / "derived").glob("??/??/*"))
 
             start = threading.Barrier(6)
             versions: list[int] = []
@@ -280,6 +390,16 @@ def test_two_khazna_serve_processes_serve_one_hub(tmp_path: Path) -> None:
             assert sorted(versions) == [2, 3, 4, 5, 6, 7]
             got = a.get(f"/api/v1/datasets/{ORG}/rgph").json()
             assert (got["version"], len(got["files"])) == (7, 7)
+            # Both processes tell the same history.
+            history = [
+                http.get(f"/api/v1/datasets/{ORG}/rgph/versions").json()["versions"]
+                for http in (a, b)
+            ]
+            assert history[0] == history[1]
+            assert [v["version"] for v in history[0]] == [7, 6, 5, 4, 3, 2, 1]
+            for n in range(6):
+                note = a.get(f"/api/v1/datasets/{ORG}/rgph/files/note-{n}.txt")
+                assert (note.status_code, note.content) == (200, b"n")
     finally:
         stop_server(first)
         stop_server(second)

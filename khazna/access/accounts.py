@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import getpass
 import hashlib
+import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -92,6 +96,11 @@ class Accounts:
                 select(db.users.c.id).where(db.users.c.name == SYSTEM_USER)
             ).scalar_one()
         return Principal(user_id=int(user_id), name=SYSTEM_USER, is_admin=True)
+
+    def operator_principal(self) -> Principal:
+        """The hub's own account, named after the operator running a command on the hub
+        folder, for the audit entries it writes."""
+        return dataclasses.replace(self.system_principal(), name=operator_name())
 
     def user_id(self, name: str) -> int:
         with self.engine.connect() as conn:
@@ -306,3 +315,12 @@ def parse_expiry(value: str, field: str) -> datetime:
 def _aware(ts: datetime) -> datetime:
     """SQLite hands back naive datetimes that were stored as UTC."""
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def operator_name() -> str:
+    """Who runs a command on the hub folder: the OS user at this host (``amina@hub-1``)."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"

@@ -47,29 +47,36 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 
 def _record_refusal(request: Request, exc: KhaznaError) -> None:
-    """Every 401 and 403 goes to the audit log, with the rule that refused."""
+    """Every 401 and 403 goes to the audit log, with the rule that refused; of the 429s of
+    a quota, the first of each caller's window, with the count of those left out before."""
     who: Principal = getattr(request.state, "principal", ANONYMOUS)
     params = request.path_params
     org = params.get("org")
+    detail: dict[str, Any] = {
+        "status": exc.status,
+        "rule": exc.message,
+        "method": request.method,
+        "path": request.url.path,
+    }
+    if isinstance(exc, OverQuota):
+        detail["quota"] = exc.details.get("rule")
+        detail["unlogged_before"] = exc.log_unlogged
     record(
         request,
         who,
         "denied",
         org=org,
         dataset=params.get("name") if org is not None else None,
-        detail={
-            "status": exc.status,
-            "rule": exc.message,
-            "method": request.method,
-            "path": request.url.path,
-        },
+        detail=detail,
     )
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(KhaznaError)
     async def _khazna(request: Request, exc: KhaznaError) -> JSONResponse:
-        if isinstance(exc, Unauthorized | Forbidden):
+        if isinstance(exc, Unauthorized | Forbidden) or (
+            isinstance(exc, OverQuota) and exc.log_unlogged is not None
+        ):
             await run_in_threadpool(_record_refusal, request, exc)
         headers = None
         if isinstance(exc, RangeNotSatisfiable) and "size" in exc.details:

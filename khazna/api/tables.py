@@ -16,6 +16,7 @@ from khazna.errors import NotFound
 from khazna.hub import Hub
 from khazna.tables.query import (
     QueryResult,
+    QuerySlot,
     Sandbox,
     TableRef,
     parse_filters,
@@ -62,7 +63,11 @@ def table_rows(
     filters, ``sort=col`` or ``-col``, ``limit/offset``, or keyset paging with ``next``."""
     table, _, number = hub.tables.table(who, org, name, file, version)
     filters = parse_filters(request.query_params.multi_items(), ROW_PARAMS)
-    page = read_rows(table, limit=limit, offset=offset, sort=sort, filters=filters, cursor=next)
+    slot = hub.query_slots.take()
+    try:
+        page = read_rows(table, limit=limit, offset=offset, sort=sort, filters=filters, cursor=next)
+    finally:
+        slot.release()
     detail = {"file": file, "sql_name": table.sql_name, "query": request.url.query}
     record(request, who, "rows", org=org, dataset=name, version=number, detail=detail)
     return JSONResponse(page)
@@ -147,11 +152,18 @@ def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
     sandbox = Sandbox(
         tables, timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit
     )
-    result: QueryResult = sandbox.run(body.sql)
+    # Held until the last row is sent: a streamed answer is still running DuckDB.
+    slot = hub.query_slots.take()
+    try:
+        result: QueryResult = sandbox.run(body.sql)
+    except BaseException:
+        slot.release()
+        raise
     try:
         _record_query(request, who, hub, body.sql, sorted(tables), fmt)
     except BaseException:
         result.close()
+        slot.release()
         raise
     if fmt == "json":
         row_limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
@@ -160,9 +172,10 @@ def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
             return JSONResponse(result.json(row_limit))
         finally:
             result.close()
+            slot.release()
     stream = {"csv": result.csv, "parquet": result.parquet, "arrow": result.arrow_stream}[fmt]
     media = next(m for m, f in FORMATS.items() if f == fmt)
-    return StreamingResponse(_closing(stream(), result), media_type=media)
+    return StreamingResponse(_closing(stream(), result, slot), media_type=media)
 
 
 def _record_query(
@@ -179,11 +192,12 @@ def _record_query(
     hub.audit.record_each(who, "query", subjects or [Subject()], detail=detail, client=client)
 
 
-def _closing(chunks: Iterator[bytes], result: QueryResult) -> Iterator[bytes]:
+def _closing(chunks: Iterator[bytes], result: QueryResult, slot: QuerySlot) -> Iterator[bytes]:
     try:
         yield from chunks
     finally:
         result.close()
+        slot.release()
 
 
 def _negotiate(accept: str) -> str:

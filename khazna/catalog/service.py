@@ -356,8 +356,8 @@ class Catalog:
         have = self.storage.jurisdiction
         if required is None or required == have:
             return
-        # TODO(audit): a residency refusal must be written to the audit log (issue 4,
-        # point 5) with the dataset, the caller, and both jurisdictions.
+        # Logged by whoever asked: the API's error handler (a "denied" entry for the
+        # request), the ingest job (tables/registry.py), the demo loader (khazna/demo).
         where = f"is in {have}" if have else "declares no jurisdiction"
         raise ResidencyRefused(
             f"dataset {org}/{name} requires its data to stay in {required}, but this hub's "

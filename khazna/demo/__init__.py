@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from khazna.errors import NotFound
+from khazna.errors import NotFound, ResidencyRefused
 from khazna.hub import Hub
 from khazna.storage.blobstore import StoredBlob
 
@@ -55,9 +55,22 @@ def load_demo(hub: Hub) -> list[str]:
             except BaseException:
                 writer.abort()
                 raise
-        committed = hub.catalog.commit_version(
-            who, org["name"], ds["name"], blobs, message="demo data"
-        )
+        try:
+            committed = hub.catalog.commit_version(
+                who, org["name"], ds["name"], blobs, message="demo data"
+            )
+        except ResidencyRefused as exc:
+            # No request to log it: the operator's command does, as the API would.
+            detail = {"status": exc.status, "rule": exc.message, "command": "serve --demo"}
+            hub.audit.record(
+                hub.accounts.operator_principal(),
+                "denied",
+                org=org["name"],
+                dataset=ds["name"],
+                detail=detail,
+                client="cli",
+            )
+            raise
         if committed.version != current["version"]:
             changed.append(f"{org['name']}/{ds['name']}")
     return changed

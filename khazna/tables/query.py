@@ -38,7 +38,7 @@ import pyarrow.csv as pa_csv  # type: ignore[import-untyped]
 import pyarrow.ipc as pa_ipc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
-from khazna.errors import BadRequest, KhaznaError
+from khazna.errors import BadRequest, KhaznaError, OverQuota
 
 
 @dataclass(frozen=True)
@@ -933,3 +933,42 @@ def _walk(node: Any, tables: set[str], ctes: set[str]) -> None:
     elif isinstance(node, list):
         for child in node:
             _walk(child, tables, ctes)
+
+
+# ---------------------------------------------------------------------------------------------
+# How many queries at once
+
+
+class QuerySlots:
+    """At most ``size`` DuckDB queries of callers at once in this process (SQL and rows API):
+    each may use up to the SQL memory limit, so the count bounds the memory. Past it a
+    caller is told to come back, rather than queued behind queries that may run for long."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+
+    def take(self) -> QuerySlot:
+        if not self._free.acquire(blocking=False):
+            raise OverQuota(
+                f"SQL concurrency: at most {self.size} queries at once in this hub process "
+                f"(KHAZNA_SQL_CONCURRENCY); retry in 1 s",
+                rule="sql_concurrency",
+                limit=self.size,
+                retry_after=1,
+            )
+        return QuerySlot(self._free)
+
+
+class QuerySlot:
+    """One taken slot; ``release`` gives it back once (later calls do nothing)."""
+
+    def __init__(self, free: threading.BoundedSemaphore) -> None:
+        self._free: threading.BoundedSemaphore | None = free
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            free, self._free = self._free, None
+        if free is not None:
+            free.release()

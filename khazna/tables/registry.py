@@ -21,7 +21,8 @@ from sqlalchemy import Connection, Engine, and_, select, update
 
 import khazna.tables.ingest as ingesting
 from khazna import db
-from khazna.access.accounts import Principal
+from khazna.access.accounts import SYSTEM_USER, Principal
+from khazna.access.audit import AuditLog
 from khazna.access.policy import AccessPolicy
 from khazna.catalog.service import Catalog, FileEntry
 from khazna.checksums import file_sha256
@@ -72,6 +73,10 @@ def sql_identifier(org: str, dataset: str, file_name: str) -> str:
     return name if not name[:1].isdigit() else f"t_{name}"
 
 
+# The hub acting on its own, in the audit log: jobs run for nobody in particular.
+_HUB = Principal(user_id=None, name=SYSTEM_USER, is_admin=True)
+
+
 class Tables:
     def __init__(
         self,
@@ -85,8 +90,10 @@ class Tables:
         memory_limit: str = "512MB",
         threads: int = 2,
         early_min_bytes: int = 0,
+        audit: AuditLog | None = None,
     ) -> None:
         self.engine = engine
+        self.audit = audit
         self.catalog = catalog
         self.policy = policy
         self.blobs = blobs
@@ -196,7 +203,7 @@ class Tables:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            self._check_residency(sha)
+            self._check_residency(sha, job)
             options = ingesting.IngestOptions(**job.payload["options"])
             result = early_result = early.result() if early is not None else None
             if result is None:
@@ -286,9 +293,10 @@ class Tables:
             )
         return {"columns": len(stats)}
 
-    def _check_residency(self, sha: str) -> None:
+    def _check_residency(self, sha: str, job: Job) -> None:
         """Derived Parquet goes where the original is; refuse it when a dataset holding the
-        original has since come to require another jurisdiction."""
+        original has since come to require another jurisdiction. A refusal is in the audit
+        log, by the hub itself (no request made it), on the dataset."""
         d, o, v, vf = db.datasets, db.organizations, db.versions, db.version_files
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -303,6 +311,18 @@ class Tables:
             try:
                 self.catalog.check_residency(str(r.name), str(r.ds), r.residency)
             except KhaznaError as exc:
+                if self.audit is not None:
+                    detail = {
+                        "status": exc.status,
+                        "rule": exc.message,
+                        "job": job.id,
+                        "job_kind": job.kind,
+                        "file": job.payload.get("file_name"),
+                    }
+                    self.audit.record(
+                        _HUB, "denied", org=str(r.name), dataset=str(r.ds), detail=detail,
+                        client="job",
+                    )  # fmt: skip
                 raise PermanentFailure(exc.message) from exc
 
     def _record(self, sha: str, key: str, **values: Any) -> None:
