@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import common
 import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -48,30 +49,9 @@ def khazna(*args: str) -> list[str]:
     return [sys.executable, "-m", "khazna", *args]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    out = open(log, "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
-        khazna("serve", "--port", str(port)), env=env, stdout=out, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/api/v1/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"khazna serve did not start: {log.read_text()[-2000:]}")
+    server = common.start("khazna serve", khazna("serve"), env, log, "/api/v1/health")
+    return server.proc, server.url
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

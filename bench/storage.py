@@ -26,33 +26,38 @@ folder is removed at the end. The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil  # type: ignore[import-untyped]
+from common import (
+    CHUNK,
+    MIB,
+    RssSampler,
+    Server,
+    clean_env,
+    file_chunks,
+    free_port,
+    machine,
+    start_khazna,
+    stop,
+    wait_healthy,
+)
 
 from khazna.client import Client
 
-MIB = 1024 * 1024
-CHUNK = MIB
 ORG, DATASET, FILE_NAME = "bench", "storage", "payload.bin"
-RSS_SAMPLE_S = 0.02
 TIMEOUT = httpx.Timeout(600.0)
 
 BARE_APP = '''\
@@ -110,18 +115,6 @@ if __name__ == "__main__":
 # helpers ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any KHAZNA_* setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KHAZNA_")}
-    return {**env, **extra}
-
-
 def write_random_file(path: Path, size: int) -> None:
     with open(path, "wb") as f:
         left = size
@@ -143,12 +136,6 @@ def change_head(path: Path) -> None:
         os.close(fd)
 
 
-def file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
-
-
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     for chunk in file_chunks(path):
@@ -164,95 +151,7 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-class RssSampler:
-    """Peak RSS of one process, sampled every ``RSS_SAMPLE_S`` in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self._proc = psutil.Process(pid)
-        self.before = self._rss()
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        return int(self._proc.memory_info().rss)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self._rss())
-            except psutil.Error:
-                return
-            self._stop.wait(RSS_SAMPLE_S)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self._rss())
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.before
-
-
 # servers ---------------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    token: str = ""
-
-
-def wait_healthy(server: Server, health_path: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()}")
-        try:
-            if httpx.get(server.url + health_path, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{server.name} did not answer within 30 s:\n{server.log.read_text()}")
-
-
-def start_khazna(home: Path) -> Server:
-    home.mkdir()
-    env = clean_env(KHAZNA_HOME=str(home))
-    out = subprocess.run(
-        [sys.executable, "-m", "khazna", "users", "add", "bench", "--admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    token = out.stdout.strip().splitlines()[-1]
-    port = free_port()
-    log = home.parent / "khazna-server.log"
-    with open(log, "wb") as out_log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "khazna", "serve", "--port", str(port)],
-            env=env,
-            stdout=out_log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server("khazna serve", f"http://127.0.0.1:{port}", proc, log, token)
-    try:
-        wait_healthy(server, "/health")
-    except BaseException:
-        stop(server)
-        raise
-    return server
 
 
 def start_bare(work: Path, file_chunk: int) -> Server:
@@ -276,17 +175,6 @@ def start_bare(work: Path, file_chunk: int) -> Server:
         stop(server)
         raise
     return server
-
-
-def stop(server: Server) -> None:
-    if server.proc.poll() is not None:
-        return
-    server.proc.terminate()
-    try:
-        server.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
 
 
 # measurements ----------------------------------------------------------------------
@@ -367,7 +255,7 @@ def run_once(
     # 2. Khazna one-shot upload
     file_url = f"/api/v1/datasets/{ORG}/{DATASET}/files/{FILE_NAME}"
     answer: dict[str, Any] = {}
-    with RssSampler(khazna.proc.pid) as rss:
+    with RssSampler(khazna.proc.pid, children=False) as rss:
 
         def put_khazna() -> None:
             answer.update(upload(kh_http, file_url, src))
@@ -396,7 +284,7 @@ def run_once(
     shutil.rmtree(pulled)
 
     # 4. bare Starlette peer
-    with RssSampler(bare.proc.pid) as rss:
+    with RssSampler(bare.proc.pid, children=False) as rss:
         res.add("bare_upload", timed(lambda: upload(bare_http, f"/files/{FILE_NAME}", src)))
     res.bare_rss_growth.append(rss.growth)
     got = work / "bare-get.bin"
@@ -404,17 +292,6 @@ def run_once(
     if got.stat().st_size != size:
         raise RuntimeError("bare GET returned a short file")
     got.unlink()
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-    }
 
 
 ROWS = [

@@ -51,18 +51,15 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,14 +68,23 @@ from typing import Any
 import duckdb
 import httpx
 import psutil  # type: ignore[import-untyped]
+from common import (
+    CHUNK,
+    MIB,
+    RssSampler,
+    Server,
+    clean_env,
+    file_chunks,
+    machine,
+    start,
+    start_khazna,
+    stop,
+)
 
 from khazna.client import Client
 from khazna.tables.query import Column, Sandbox, TableRef, parse_filters, read_rows
 
-MIB = 1024 * 1024
-CHUNK = MIB
 ORG, FILE_NAME = "bench", "events.csv"
-RSS_SAMPLE_S = 0.02
 JOB_POLL_S = 0.05
 WARMUP = 2
 TIMEOUT = httpx.Timeout(600.0)
@@ -154,18 +160,6 @@ YEAR_S = 366 * 86400
 # helpers ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without any KHAZNA_* setting, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KHAZNA_")}
-    return {**env, **extra}
-
-
 def write_csv(path: Path, rows: int, seed: int = SEED) -> None:
     """``rows`` transactions over 2024 in Moroccan cities, the same for the same seed."""
     rng = random.Random(seed)
@@ -216,12 +210,6 @@ def mark(path: Path, rep: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
 
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
@@ -277,42 +265,6 @@ def server_time(text: str) -> float:
     return ts.timestamp()
 
 
-class RssSampler:
-    """Peak RSS of a process and its children, sampled every ``RSS_SAMPLE_S`` in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self._proc = psutil.Process(pid)
-        self.before = self._rss()
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss(self) -> int:
-        total = int(self._proc.memory_info().rss)
-        for child in self._proc.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                total += int(child.memory_info().rss)
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self._rss())
-            except psutil.Error:
-                return
-            self._stop.wait(RSS_SAMPLE_S)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self._rss())
-
-
 class CpuWatch:
     """How busy the rest of the machine was: CPU time spent by processes other than this
     one and the servers and commands it started, per phase, as a share of all CPUs.
@@ -358,80 +310,11 @@ class CpuWatch:
 # servers ---------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    name: str
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    token: str = ""
-    home: Path | None = None
-
-
-def wait_healthy(server: Server, health_path: str, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} exited:\n{server.log.read_text()}")
-        try:
-            if httpx.get(server.url + health_path, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"{server.name} did not answer within {limit_s:g} s:\n{server.log.read_text()}"
-    )
-
-
-def start(name: str, cmd: list[str], env: dict[str, str], log: Path, health: str) -> Server:
-    port = free_port()
-    with open(log, "wb") as out_log:
-        proc = subprocess.Popen(
-            [*cmd, "--port", str(port)], env=env, stdout=out_log, stderr=subprocess.STDOUT
-        )
-    server = Server(name, f"http://127.0.0.1:{port}", proc, log)
-    try:
-        wait_healthy(server, health)
-    except BaseException:
-        stop(server)
-        raise
-    return server
-
-
-def start_khazna(home: Path) -> Server:
-    home.mkdir()
-    env = clean_env(KHAZNA_HOME=str(home))
-    out = subprocess.run(
-        [sys.executable, "-m", "khazna", "users", "add", "bench", "--admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    cmd = [sys.executable, "-m", "khazna", "serve"]
-    server = start("khazna serve", cmd, env, home.parent / "khazna-server.log", "/health")
-    server.token = out.stdout.strip().splitlines()[-1]
-    server.home = home
-    return server
-
-
 def start_datasette(db: Path) -> Server:
     cmd = [sys.executable, "-m", "datasette", "serve", str(db)]
     cmd += ["--setting", "sql_time_limit_ms", "60000"]
     log = db.parent / "datasette.log"
     return start("datasette", cmd, clean_env(), log, "/-/versions.json")
-
-
-def stop(server: Server) -> None:
-    if server.proc.poll() is not None:
-        return
-    server.proc.terminate()
-    try:
-        server.proc.wait(15)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
 
 
 # ingest ----------------------------------------------------------------------------
@@ -705,18 +588,6 @@ def khazna_overheads(
 # report ----------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-        "duckdb": duckdb.__version__,
-    }
-
-
 INGEST_ROWS = [
     ("khazna: PUT + ingest job done", "khazna"),
     ("  PUT answered (stored)", "khazna_stored"),
@@ -867,7 +738,7 @@ def report(
         "page_cache_dropped_before_each_ingest": res.cache_dropped,
         "ingest_converted_while_uploading": res.early,
         "duckdb_queries_on": "the Parquet file Khazna derived (under $KHAZNA_HOME/derived/)",
-        "machine": machine(),
+        "machine": machine(duckdb=duckdb.__version__),
     }
 
 
