@@ -59,6 +59,10 @@ class BlobWriter(Protocol):
 
     def commit(self, expected_sha256: str | None = None) -> StoredBlob: ...
 
+    # Under a name the caller vouches for: an encrypting wrapper names ciphertext by the
+    # SHA-256 of its plaintext.
+    def commit_as(self, name: str) -> StoredBlob: ...
+
     def abort(self) -> None: ...
 
 
@@ -135,11 +139,15 @@ class LocalFileWriter:
             raise Unprocessable(
                 f"content SHA-256 is {digest}, but the client announced {expected_sha256}"
             )
+        return self.commit_as(digest)
+
+    def commit_as(self, name: str) -> StoredBlob:
+        check_sha256(name)
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            stored = self._store.place(self._path, digest, self.size)
+            stored = self._store.place(self._path, name, self.size)
         except OSError as exc:
             self.abort()
             raise StorageFailure(f"could not store the upload: {exc}") from exc

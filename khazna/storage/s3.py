@@ -156,6 +156,10 @@ class S3Writer:
             raise Unprocessable(
                 f"content SHA-256 is {digest}, but the client announced {expected_sha256}"
             )
+        return self.commit_as(digest)
+
+    def commit_as(self, name: str) -> StoredBlob:
+        digest = check_sha256(name)
         s = self._store
         target = s.key_of(digest)
         try:
