@@ -4,8 +4,9 @@ Run from the repository root:
 
     nice -n 19 .venv/bin/python bench/encryption.py [--size-mib 256] [--rows 1000000] [--s3]
 
-For each hub (plain, encrypted; on local disk, or with ``--s3`` in a SeaweedFS started
-here), one real ``khazna serve`` on loopback:
+Two real ``khazna serve`` on loopback, one without a key and one with (on local disk, or
+with ``--s3`` each in a bucket of a SeaweedFS started here); every measure is taken on
+both in turn, call by call, so that other load on the machine falls on both alike:
 
 1. a one-shot ``PUT`` of a random file of N MiB (median of 3 files), then its download
    to memory, and 1 MiB ``Range`` reads at random offsets (median of 20);
@@ -121,37 +122,43 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, result
 
 
-def measure(hub: Hub, size_mib: int, csv_path: Path, rows: int) -> dict[str, Any]:
+def measure(hubs: dict[str, Hub], size_mib: int, csv_path: Path, rows: int) -> dict[str, Any]:
+    """Each measure taken on every hub in turn, call by call, so that the load other
+    processes put on the machine falls on both alike."""
     size = size_mib * MIB
-    out: dict[str, Any] = {}
-    ups, downs = [], []
+    out: dict[str, dict[str, Any]] = {mode: {} for mode in hubs}
+    samples: dict[tuple[str, str], list[float]] = {}
+
+    def note(mode: str, what: str, value: float) -> None:
+        samples.setdefault((mode, what), []).append(value)
+
     for seed in range(3):
-        url = f"/api/v1/datasets/{ORG}/files/files/payload{seed}.bin"
-        took, r = timed(
-            lambda url=url, seed=seed: hub.http.put(url, content=random_body(size, seed))
-        )
-        assert r.status_code == 200, r.text
-        ups.append(size / took / 1e6)
-        took, r = timed(lambda url=url: hub.http.get(url))
-        assert r.status_code == 200 and len(r.content) == size
-        downs.append(size / took / 1e6)
-    out["upload_MBps"] = round(statistics.median(ups), 1)
-    out["download_MBps"] = round(statistics.median(downs), 1)
+        for mode, hub in hubs.items():
+            url = f"/api/v1/datasets/{ORG}/files/files/payload{seed}.bin"
+            took, r = timed(
+                lambda hub=hub, url=url, seed=seed: hub.http.put(
+                    url, content=random_body(size, seed)
+                )
+            )
+            assert r.status_code == 200, r.text
+            note(mode, "upload_MBps", size / took / 1e6)
+            took, r = timed(lambda hub=hub, url=url: hub.http.get(url))
+            assert r.status_code == 200 and len(r.content) == size
+            note(mode, "download_MBps", size / took / 1e6)
     rng = random.Random(2)
-    ranges = []
     for _ in range(20):
         start = rng.randrange(0, size - MIB)
-        took, r = timed(
-            lambda start=start: hub.http.get(
-                f"/api/v1/datasets/{ORG}/files/files/payload0.bin",
-                headers={"Range": f"bytes={start}-{start + MIB - 1}"},
+        for mode, hub in hubs.items():
+            took, r = timed(
+                lambda hub=hub, start=start: hub.http.get(
+                    f"/api/v1/datasets/{ORG}/files/files/payload0.bin",
+                    headers={"Range": f"bytes={start}-{start + MIB - 1}"},
+                )
             )
-        )
-        assert r.status_code == 206 and len(r.content) == MIB
-        ranges.append(took * 1000)
-    out["range_1MiB_ms"] = round(statistics.median(ranges), 1)
+            assert r.status_code == 206 and len(r.content) == MIB
+            note(mode, "range_1MiB_ms", took * 1000)
 
-    def ingest() -> None:
+    def ingest(hub: Hub) -> None:
         with open(csv_path, "rb") as f:
             r = hub.http.put(f"/api/v1/datasets/{ORG}/tables/files/big.csv", content=f)
         assert r.status_code == 200, r.text
@@ -163,38 +170,39 @@ def measure(hub: Hub, size_mib: int, csv_path: Path, rows: int) -> dict[str, Any
             time.sleep(0.05)
         assert state == "done"
 
-    out["ingest_s"] = round(timed(ingest)[0], 2)
-    time.sleep(3)  # let the profile job finish before querying
+    for mode, hub in hubs.items():
+        note(mode, "ingest_s", timed(lambda hub=hub: ingest(hub))[0])
+    time.sleep(5)  # let the profile jobs finish before querying
     table = "bench_tables_big"
     queries = {
-        "aggregate": f"SELECT region, count(*), avg(value), max(population) FROM {table} "
-        "GROUP BY region ORDER BY region",
+        "aggregate": f"SELECT region, count(*), round(avg(value), 6), max(population) "
+        f"FROM {table} GROUP BY region ORDER BY region",
         "sum_id": f"SELECT sum(id) FROM {table}",
         "filtered_page": f"SELECT * FROM {table} WHERE population > 500000 "
         "AND note = 'note 5' ORDER BY id LIMIT 100",
     }
-    answers: dict[str, Any] = {}
+    answers: dict[str, dict[str, Any]] = {mode: {} for mode in hubs}
     for name, q in queries.items():
-        times = []
-        for _ in range(7):
-            took, r = timed(lambda q=q: hub.http.post("/api/v1/sql", json={"sql": q}))
-            assert r.status_code == 200, r.text
-            times.append(took * 1000)
-        answers[name] = r.json()["rows"][:3]
-        out[f"{name}_first_ms"] = round(times[0], 1)
-        out[f"{name}_next_ms"] = round(statistics.median(times[1:]), 1)
-    times = []
+        for i in range(7):
+            for mode, hub in hubs.items():
+                took, r = timed(lambda hub=hub, q=q: hub.http.post("/api/v1/sql", json={"sql": q}))
+                assert r.status_code == 200, r.text
+                note(mode, f"{name}_{'first' if i == 0 else 'next'}_ms", took * 1000)
+                answers[mode][name] = r.json()["rows"][:3]
     for _ in range(7):
-        took, r = timed(
-            lambda: hub.http.get(
-                f"/api/v1/tables/{ORG}/tables/big.csv/rows",
-                params={"limit": 100, "offset": max(0, rows - 100_000)},
+        for mode, hub in hubs.items():
+            took, r = timed(
+                lambda hub=hub: hub.http.get(
+                    f"/api/v1/tables/{ORG}/tables/big.csv/rows",
+                    params={"limit": 100, "offset": max(0, rows - 100_000)},
+                )
             )
-        )
-        assert r.status_code == 200, r.text
-        times.append(took * 1000)
-    out["rows_page_ms"] = round(statistics.median(times), 1)
-    out["answers"] = answers
+            assert r.status_code == 200, r.text
+            note(mode, "rows_page_ms", took * 1000)
+    for (mode, what), values in samples.items():
+        out[mode][what] = round(statistics.median(values), 2 if what == "ingest_s" else 1)
+    first = next(iter(answers.values()))
+    assert all(a == first for a in answers.values()), answers
     return out
 
 
@@ -222,22 +230,20 @@ def main(argv: list[str] | None = None) -> int:
             from tests.seaweedfs import SeaweedFS
 
             seaweed = SeaweedFS(work / "seaweedfs")
+        hubs: dict[str, Hub] = {}
         try:
             for mode in ("plain", "encrypted"):
                 env = {"KHAZNA_ENCRYPTION_KEY_FILE": str(key)} if mode == "encrypted" else {}
                 if seaweed is not None:
                     bucket = seaweed.new_bucket()
                     env["KHAZNA_STORAGE_URL"] = f"s3://{bucket}?endpoint={seaweed.endpoint}"
-                hub = Hub(work / mode, env)
-                try:
-                    results[mode] = measure(hub, args.size_mib, csv_path, args.rows)
-                finally:
-                    hub.stop()
-                print(mode, json.dumps(results[mode]), flush=True)
+                hubs[mode] = Hub(work / mode, env)
+            results |= measure(hubs, args.size_mib, csv_path, args.rows)
         finally:
+            for hub in hubs.values():
+                hub.stop()
             if seaweed is not None:
                 seaweed.stop()
-    assert results["plain"]["answers"] == results["encrypted"]["answers"]
     print(json.dumps(results))
     return 0
 

@@ -221,6 +221,7 @@ class _Cipher:
             )
         self.sha256 = sha256
         self.header = header
+        self.sealed_size = sealed
         self.size = plain_size(sealed)
         self.chunks = max(1, -(-self.size // CHUNK))
         self._aead = AESGCM(_file_key(key, header[16:32]))
@@ -231,7 +232,7 @@ class _Cipher:
             return self.header + position + b"\x01" + bytes.fromhex(self.sha256)
         return self.header + position + b"\x00"
 
-    def open(self, index: int, sealed: bytes) -> bytes:
+    def open(self, index: int, sealed: bytes | memoryview) -> bytes:
         try:
             return self._aead.decrypt(sealed[:NONCE], sealed[NONCE:], self.aad(index))
         except InvalidTag:
@@ -339,6 +340,8 @@ class EncryptedBlobStore:
         self.tmp_dir = tmp_dir
         self.namespace = namespace
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._ciphers: OrderedDict[str, _Cipher] = OrderedDict()
         self.filesystem = DecryptingFileSystem(self)
 
     def url_of(self, sha256: str) -> str:
@@ -413,7 +416,23 @@ class EncryptedBlobStore:
 
     def cipher(self, sha256: str) -> _Cipher:
         """The file's header and key, its last chunk checked (it binds the file to its
-        name); raises DamagedBlob when the file is not what its name says."""
+        name); raises DamagedBlob when the file is not what its name says.
+
+        Kept once checked: a file is never rewritten, and one replaced behind the hub's
+        back has another file id in its header, so every chunk read from it then fails
+        its tag anyway."""
+        with self._lock:
+            if (known := self._ciphers.get(sha256)) is not None:
+                self._ciphers.move_to_end(sha256)
+                return known
+        c = self._check(sha256)
+        with self._lock:
+            self._ciphers[sha256] = c
+            if len(self._ciphers) > 10_000:
+                self._ciphers.popitem(last=False)
+        return c
+
+    def _check(self, sha256: str) -> _Cipher:
         sealed = self.inner.size(sha256)
         header = b"".join(self.inner.read_range(sha256, 0, HEADER_SIZE))
         c = _Cipher(self.key, sha256, header, sealed)
@@ -429,22 +448,21 @@ class EncryptedBlobStore:
     def chunks(self, c: _Cipher, first: int, last: int) -> Iterator[tuple[int, bytes]]:
         """Decrypted chunks ``first..last``, read from the inner store in one stream."""
         start = c.offset(first)
-        end = (
-            HEADER_SIZE + c.size + c.chunks * OVERHEAD
-            if last == c.chunks - 1
-            else c.offset(last + 1)
-        )
-        buffer = bytearray()
+        end = c.offset(last + 1) if last < c.chunks - 1 else c.sealed_size
+        left = b""
         index = first
         for piece in self.inner.read_range(c.sha256, start, end - start):
-            buffer += piece
+            data = left + piece if left else piece
+            view = memoryview(data)
+            at = 0
             while index <= last:
                 need = SEALED if index < c.chunks - 1 else end - c.offset(index)
-                if len(buffer) < need:
+                if len(data) - at < need:
                     break
-                yield index, c.open(index, bytes(buffer[:need]))
-                del buffer[:need]
+                yield index, c.open(index, view[at : at + need])
+                at += need
                 index += 1
+            left = data[at:]
         if index <= last:
             raise DamagedBlob(f"chunk {index} could not be read: the file is cut short")
 
@@ -461,10 +479,19 @@ class EncryptedBlobStore:
 
     def _plain_range(self, c: _Cipher, start: int, end: int) -> Iterator[bytes]:
         first, last = start // CHUNK, (end - 1) // CHUNK
+        batch: list[bytes] = []
+        batched = 0
         try:
             for index, plain in self.chunks(c, first, last):
                 base = index * CHUNK
-                yield plain[max(0, start - base) : end - base]
+                piece = plain[max(0, start - base) : end - base]
+                batch.append(piece)
+                batched += len(piece)
+                if batched >= READ_CHUNK:  # answers go out in pieces of about 1 MiB
+                    yield b"".join(batch)
+                    batch, batched = [], 0
+            if batch:
+                yield b"".join(batch)
         except DamagedBlob as exc:
             # Past the first byte of an answer there is no error status left to give: the
             # answer ends short of its Content-Length, which every client detects, and the
@@ -506,7 +533,6 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
         super().__init__()
         self.store = store
         self._lock = threading.Lock()
-        self._ciphers: OrderedDict[str, _Cipher] = OrderedDict()
         self._chunks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._cached_bytes = 0
 
@@ -519,20 +545,9 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
         except ValueError:
             raise FileNotFoundError(path) from None
 
-    def _cipher(self, sha: str) -> _Cipher:
-        with self._lock:
-            if (known := self._ciphers.get(sha)) is not None:
-                return known  # a file, once there, never changes
-        c = self.store.cipher(sha)
-        with self._lock:
-            self._ciphers[sha] = c
-            if len(self._ciphers) > 10_000:
-                self._ciphers.popitem(last=False)
-        return c
-
     def read_plain(self, path: str, start: int, end: int) -> bytes:
         sha = self._sha(path)
-        c = self._cipher(sha)
+        c = self.store.cipher(sha)
         end = min(end, c.size)
         if start >= end:
             return b""
@@ -589,7 +604,11 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
         sha = self._sha(path)
         if not self.store.exists(sha):
             raise FileNotFoundError(path)
-        return {"name": self._strip_protocol(path), "size": self._cipher(sha).size, "type": "file"}
+        return {
+            "name": self._strip_protocol(path),
+            "size": self.store.cipher(sha).size,
+            "type": "file",
+        }
 
     def modified(self, path: str) -> dt.datetime:
         self.info(path)
