@@ -404,10 +404,22 @@ def test_a_flipped_byte_is_found_by_verify_and_refused_to_readers(api: Api) -> N
     url = f"{API}/datasets/{ORG}/images/files/scene.bin"
     r = api.http.get(url, headers={"Range": f"bytes=0-{CHUNK - 1}"})
     assert (r.status_code, r.content) == (206, data[:CHUNK])  # chunk 0 is intact
-    r = api.http.get(url)  # the damage is past the first byte sent: the answer is cut short
+    r = api.http.get(url)  # found before the answer starts: an error, not wrong bytes
+    assert r.status_code == 507
+    assert r.json()["error"]["code"] == "storage_failure"
+
+
+def test_damage_found_after_the_answer_started_cuts_it_short(api: Api) -> None:
+    data = random.Random(10).randbytes(20 * CHUNK)  # answered in 1 MiB pieces: 16 chunks
+    sha = publish(api, "images", ("scene.bin", data))["scene.bin"]["sha256"]
+    store = sealed_store(api)
+    raw = bytearray(raw_bytes(store, sha))
+    raw[HEADER_SIZE + 18 * SEALED + 5] ^= 0x80
+    replace_raw(store, sha, bytes(raw))
+    r = api.http.get(f"{API}/datasets/{ORG}/images/files/scene.bin")
     assert r.status_code == 200
-    assert r.content == data[:CHUNK]
     assert int(r.headers["content-length"]) == len(data)
+    assert r.content == data[: 16 * CHUNK]  # what was sound, then the end: never a wrong byte
 
 
 def test_a_blob_put_in_place_of_another_is_found(api: Api) -> None:

@@ -467,31 +467,23 @@ class EncryptedBlobStore:
             raise DamagedBlob(f"chunk {index} could not be read: the file is cut short")
 
     def read_range(self, sha256: str, start: int, length: int) -> Iterator[bytes]:
-        # Not a generator: the file is checked before the first byte is answered, so a
-        # damaged or misplaced file is refused with an error instead of a cut response.
+        # Not a generator: the file's binding and the first piece of the answer (up to
+        # 1 MiB) are checked before the first byte is answered, so damage there is refused
+        # with an error status instead of a cut answer.
         if length <= 0:
             return iter(())
         c = self.cipher(sha256)
         end = min(start + length, c.size)
         if start >= end:
             return iter(())
-        return self._plain_range(c, start, end)
+        pieces = self._plain_range(c, start, end)
+        first = next(pieces, b"")
+        return self._rest(c, first, pieces)
 
-    def _plain_range(self, c: _Cipher, start: int, end: int) -> Iterator[bytes]:
-        first, last = start // CHUNK, (end - 1) // CHUNK
-        batch: list[bytes] = []
-        batched = 0
+    def _rest(self, c: _Cipher, first: bytes, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        yield first
         try:
-            for index, plain in self.chunks(c, first, last):
-                base = index * CHUNK
-                piece = plain[max(0, start - base) : end - base]
-                batch.append(piece)
-                batched += len(piece)
-                if batched >= READ_CHUNK:  # answers go out in pieces of about 1 MiB
-                    yield b"".join(batch)
-                    batch, batched = [], 0
-            if batch:
-                yield b"".join(batch)
+            yield from pieces
         except DamagedBlob as exc:
             # Past the first byte of an answer there is no error status left to give: the
             # answer ends short of its Content-Length, which every client detects, and the
@@ -499,6 +491,21 @@ class EncryptedBlobStore:
             log.error(
                 "%s %s is damaged: %s; its reader got a cut answer", self.namespace, c.sha256, exc
             )
+
+    def _plain_range(self, c: _Cipher, start: int, end: int) -> Iterator[bytes]:
+        first, last = start // CHUNK, (end - 1) // CHUNK
+        batch: list[bytes] = []
+        batched = 0
+        for index, plain in self.chunks(c, first, last):
+            base = index * CHUNK
+            piece = plain[max(0, start - base) : end - base]
+            batch.append(piece)
+            batched += len(piece)
+            if batched >= READ_CHUNK:  # answers go out in pieces of about 1 MiB
+                yield b"".join(batch)
+                batch, batched = [], 0
+        if batch:
+            yield b"".join(batch)
 
     def rehash(self, sha256: str) -> str:
         """Decrypt every chunk (each tag checked) and hash the plaintext."""
