@@ -272,7 +272,7 @@ class _Sealer:
             aad = self.header + position + b"\x01" + bytes.fromhex(last_of)
         nonce = secrets.token_bytes(NONCE)
         self.index += 1
-        return nonce + self._aead.encrypt(nonce, bytes(plain), aad)
+        return nonce + self._aead.encrypt(nonce, plain, aad)
 
 
 # -- the store --------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class EncryptingWriter:
         self._hash = hashlib.sha256()
         self._pending = bytearray()
         self.size = 0
-        self._inner = store.inner.writer(sealed_size(max_bytes))
+        self._inner = store.inner.writer(sealed_size(max_bytes), hashed=False)
         self._inner.write(self._sealer.header)
 
     def write(self, chunk: bytes) -> None:
@@ -348,8 +348,8 @@ class EncryptedBlobStore:
         """The file as DuckDB reads it, through ``filesystem``: decrypted in memory."""
         return f"{DecryptingFileSystem.protocol[0]}://{self.namespace}/{check_sha256(sha256)}"
 
-    def writer(self, max_bytes: int) -> EncryptingWriter:
-        return EncryptingWriter(self, max_bytes)
+    def writer(self, max_bytes: int, *, hashed: bool = True) -> EncryptingWriter:
+        return EncryptingWriter(self, max_bytes)  # always hashes: the plaintext names it
 
     def link_file(self, path: Path, sha256: str, size: int) -> StoredBlob:
         """Seal a local plaintext file into the store; the file stays."""
