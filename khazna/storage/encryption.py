@@ -609,13 +609,12 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         sha = self._sha(path)
-        if not self.store.exists(sha):
-            raise FileNotFoundError(path)
-        return {
-            "name": self._strip_protocol(path),
-            "size": self.store.cipher(sha).size,
-            "type": "file",
-        }
+        # From the checked header kept in memory: no request to the store per query.
+        try:
+            size = self.store.cipher(sha).size
+        except FileNotFoundError:
+            raise FileNotFoundError(path) from None  # not the inner store's path
+        return {"name": self._strip_protocol(path), "size": size, "type": "file"}
 
     def modified(self, path: str) -> dt.datetime:
         self.info(path)
