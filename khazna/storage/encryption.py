@@ -65,7 +65,7 @@ KEY_BYTES = 32
 MARKER_NAME = "encryption.json"
 # Chunks read from the inner store in one request while streaming a range.
 _BATCH = max(1, READ_CHUNK // CHUNK) * 4
-# Decrypted chunks of derived Parquet kept in memory for DuckDB; plaintext never goes to disk.
+# Decrypted ranges of derived Parquet kept in memory for DuckDB; plaintext never goes to disk.
 READ_CACHE_BYTES = 256 * 1024 * 1024
 
 
@@ -476,7 +476,7 @@ class EncryptedBlobStore:
         end = min(start + length, c.size)
         if start >= end:
             return iter(())
-        pieces = self._plain_range(c, start, end)
+        pieces = self.plain_range(c, start, end)
         first = next(pieces, b"")
         return self._rest(c, first, pieces)
 
@@ -492,7 +492,7 @@ class EncryptedBlobStore:
                 "%s %s is damaged: %s; its reader got a cut answer", self.namespace, c.sha256, exc
             )
 
-    def _plain_range(self, c: _Cipher, start: int, end: int) -> Iterator[bytes]:
+    def plain_range(self, c: _Cipher, start: int, end: int) -> Iterator[bytes]:
         first, last = start // CHUNK, (end - 1) // CHUNK
         batch: list[bytes] = []
         batched = 0
@@ -540,7 +540,7 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
         super().__init__()
         self.store = store
         self._lock = threading.Lock()
-        self._chunks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._ranges: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._cached_bytes = 0
 
     def _sha(self, path: str) -> str:
@@ -553,43 +553,28 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
             raise FileNotFoundError(path) from None
 
     def read_plain(self, path: str, start: int, end: int) -> bytes:
+        """Plaintext bytes [start, end) of a file: from memory, or decrypted from the chunks
+        that cover them. DuckDB asks again for the same ranges (a column chunk, a footer)
+        query after query, so ranges are kept as asked, like S3ReadFileSystem's."""
         sha = self._sha(path)
         c = self.store.cipher(sha)
         end = min(end, c.size)
         if start >= end:
             return b""
-        first, last = start // CHUNK, (end - 1) // CHUNK
-        found: dict[int, bytes] = {}
+        key = (sha, start, end)
         with self._lock:
-            for index in range(first, last + 1):
-                if (hit := self._chunks.get((sha, index))) is not None:
-                    self._chunks.move_to_end((sha, index))
-                    found[index] = hit
-        index = first
-        while index <= last:
-            if index in found:
-                index += 1
-                continue
-            gap_end = index
-            while gap_end + 1 <= last and gap_end + 1 not in found:
-                gap_end += 1
-            for i, plain in self.store.chunks(c, index, gap_end):
-                found[i] = plain
-                self._keep(sha, i, plain)
-            index = gap_end + 1
-        data = b"".join(found[i] for i in range(first, last + 1))
-        base = first * CHUNK
-        return data[start - base : end - base]
-
-    def _keep(self, sha: str, index: int, plain: bytes) -> None:
+            if (hit := self._ranges.get(key)) is not None:
+                self._ranges.move_to_end(key)
+                return hit
+        data = b"".join(self.store.plain_range(c, start, end))
         with self._lock:
-            if (sha, index) in self._chunks:
-                return
-            self._chunks[(sha, index)] = plain
-            self._cached_bytes += len(plain)
-            while self._cached_bytes > READ_CACHE_BYTES:
-                _, dropped = self._chunks.popitem(last=False)
-                self._cached_bytes -= len(dropped)
+            if len(data) <= READ_CACHE_BYTES // 4 and key not in self._ranges:
+                self._ranges[key] = data
+                self._cached_bytes += len(data)
+                while self._cached_bytes > READ_CACHE_BYTES:
+                    _, dropped = self._ranges.popitem(last=False)
+                    self._cached_bytes -= len(dropped)
+        return data
 
     def _open(
         self,
