@@ -19,7 +19,14 @@ from khazna.config import Settings
 from khazna.errors import StorageFailure
 from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import BlobStore, LocalBlobStore
-from khazna.storage.encryption import EncryptionKey, check_marker, encrypted
+from khazna.storage.encryption import (
+    MARKER_NAME,
+    EncryptionKey,
+    FileMarker,
+    Marker,
+    check_marker,
+    encrypted,
+)
 from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 
 
@@ -45,7 +52,7 @@ class Hub:
         if settings.encryption_key_file is not None:
             key = EncryptionKey.load(settings.encryption_key_file, settings.home)
         plain = _stores(settings)
-        check_marker(settings.home, key, lambda: any(_holds_any(s) for s in plain))
+        check_marker(_marker(settings, plain[0]), key, lambda: any(_holds_any(s) for s in plain))
         self.encryption_key_fingerprint = key.fingerprint if key is not None else None
         self.blobs, self.derived = plain if key is None else encrypted(plain, key, settings.tmp_dir)
         self.engine = db.make_engine(settings.database_url)
@@ -139,6 +146,17 @@ def _stores(settings: Settings) -> tuple[BlobStore, BlobStore]:
 
     client = make_client(location.s3)
     return S3BlobStore(location.s3, "blobs", client), S3BlobStore(location.s3, "derived", client)
+
+
+def _marker(settings: Settings, blobs: BlobStore) -> Marker:
+    """Beside the files: the hub folder, or the bucket (where hub processes with folders
+    of their own all find it)."""
+    if isinstance(blobs, LocalBlobStore):
+        return FileMarker(settings.home / MARKER_NAME)
+    from khazna.storage.s3 import S3BlobStore, S3Marker
+
+    assert isinstance(blobs, S3BlobStore)
+    return S3Marker(blobs, MARKER_NAME)
 
 
 def _holds_any(store: BlobStore) -> bool:

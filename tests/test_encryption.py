@@ -82,6 +82,17 @@ def wait_for_jobs(api: Api) -> None:
     raise AssertionError("jobs still running")
 
 
+def read_marker(home: Path) -> bytes:
+    """The marker, where the hub keeps it: beside its files."""
+    url = os.environ.get("KHAZNA_STORAGE_URL")
+    if not url:
+        return (home / "encryption.json").read_bytes()
+    location = parse_s3_url(url)
+    answer = make_client(location).get_object(Bucket=location.bucket, Key="encryption.json")
+    data: bytes = answer["Body"].read()
+    return data
+
+
 def raw_bytes(store: EncryptedBlobStore, sha: str) -> bytes:
     inner = store.inner
     return b"".join(inner.read_range(sha, 0, inner.size(sha)))
@@ -312,7 +323,7 @@ def test_a_start_without_the_key_or_with_another_key_is_refused(
     hub = Hub(Settings.from_env(home))
     fingerprint = EncryptionKey.load(key_file).fingerprint
     hub.close()
-    marker = json.loads((home / "encryption.json").read_text())
+    marker = json.loads(read_marker(home))
     assert marker["key_fingerprint"] == fingerprint
     assert base64.b64encode(EncryptionKey.load(key_file).secret).decode() not in json.dumps(marker)
 
@@ -333,6 +344,18 @@ def test_a_start_without_the_key_or_with_another_key_is_refused(
     monkeypatch.delenv("KHAZNA_ENCRYPTION_KEY_FILE")
     with pytest.raises(ValueError, match="encrypted at rest"):
         Hub(Settings.from_env(home))
+
+
+@pytest.mark.skipif(not S3_MODE, reason="hub folders share files only through a bucket")
+def test_a_hub_folder_of_its_own_on_an_encrypted_bucket_is_refused_without_the_key(
+    tmp_path: Path, key_file: Path
+) -> None:
+    Hub(Settings.from_env(tmp_path / "first")).close()
+    fingerprint = EncryptionKey.load(key_file).fingerprint
+    assert _start_error(tmp_path / "second", {"KHAZNA_ENCRYPTION_KEY_FILE": ""}) == (
+        f"error: this hub's files are encrypted at rest (key {fingerprint}): set "
+        "KHAZNA_ENCRYPTION_KEY_FILE to the file holding that key"
+    )
 
 
 def test_a_key_file_others_can_read_or_inside_the_hub_folder_is_refused(

@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -144,18 +144,47 @@ class EncryptionKey:
         return key
 
 
-def check_marker(home: Path, key: EncryptionKey | None, holds_files: Callable[[], bool]) -> None:
-    """The hub folder records whether its files are encrypted and with which key (its
+class Marker(Protocol):
+    """Where a hub records that its files are encrypted: beside them, so that every hub
+    process using them finds it (the hub folder on local disk, the bucket for S3)."""
+
+    where: str
+
+    def read(self) -> bytes | None: ...
+
+    def write(self, data: bytes) -> None: ...
+
+
+class FileMarker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+
+    def read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write(self, data: bytes) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
+
+
+def check_marker(
+    marker: Marker, key: EncryptionKey | None, holds_files: Callable[[], bool]
+) -> None:
+    """The marker records whether the hub's files are encrypted and with which key (its
     fingerprint); a start with no key, or another key, is refused before anything is read.
     Encryption is turned on for a new hub only: one already holding plaintext files is
     refused, rather than left half encrypted."""
-    marker = home / MARKER_NAME
     recorded: str | None = None
-    if marker.exists():
+    if (data := marker.read()) is not None:
         try:
-            recorded = str(json.loads(marker.read_text(encoding="utf-8"))["key_fingerprint"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{marker} is unreadable or damaged: {exc}") from None
+            recorded = str(json.loads(data)["key_fingerprint"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{marker.where} is unreadable or damaged: {exc}") from None
     if recorded is not None:
         if key is None:
             raise ValueError(
@@ -183,9 +212,7 @@ def check_marker(home: Path, key: EncryptionKey | None, holds_files: Callable[[]
         "key_fingerprint": key.fingerprint,
         "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    tmp = marker.with_name(f".{MARKER_NAME}.{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, marker)
+    marker.write((json.dumps(record, indent=2) + "\n").encode())
 
 
 # -- the format -------------------------------------------------------------------------------

@@ -347,6 +347,34 @@ class S3BlobStore:
         return removed
 
 
+class S3Marker:
+    """An object at the prefix's root (``PREFIX/NAME``): the encryption marker lives with
+    the files it describes, where every hub process sharing the bucket finds it."""
+
+    def __init__(self, store: S3BlobStore, name: str) -> None:
+        self.store = store
+        self.key = store.location.key(name)
+        self.where = f"s3://{store.bucket}/{self.key}"
+
+    def read(self) -> bytes | None:
+        try:
+            body = self.store.client.get_object(Bucket=self.store.bucket, Key=self.key)["Body"]
+            data: bytes = body.read()
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise StorageFailure(f"could not read {self.where}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageFailure(f"could not read {self.where}: {exc}") from exc
+        return data
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.store.client.put_object(Bucket=self.store.bucket, Key=self.key, Body=data)
+        except S3Errors as exc:
+            raise StorageFailure(f"could not write {self.where}: {exc}") from exc
+
+
 class _RangeFile(AbstractBufferedFile):  # type: ignore[misc]
     def _fetch_range(self, start: int, end: int) -> bytes:
         fs: S3ReadFileSystem = self.fs
