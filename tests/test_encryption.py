@@ -127,6 +127,7 @@ def test_a_known_string_is_stored_nowhere_yet_downloads_byte_exact(api: Api) -> 
     sha = answers["regions.csv"]["sha256"]
     wait_for_jobs(api)  # the profile job's scratch copy is gone with it
     assert sha == hashlib.sha256(data).hexdigest()
+    assert answers["regions.csv"]["size"] == len(data)
     info = api.http.get(f"{API}/datasets/{ORG}/recensement").json()
     assert info["files"][0]["table"]["status"] == "ready"
 
@@ -212,7 +213,13 @@ def test_a_file_sent_through_an_upload_session_is_sealed_too(api: Api) -> None:
     api.http.put(f"{API}/uploads/{session}/files/lot.csv", content=data, headers=auth)
     assert api.http.post(f"{API}/uploads/{session}/commit", headers=auth).json()["version"] == 1
     assert CANARY.encode() not in raw_bytes(sealed_store(api), sha)
-    assert api.http.get(f"{API}/datasets/{ORG}/lots/files/lot.csv").content == data
+    info = api.http.get(f"{API}/datasets/{ORG}/lots").json()
+    assert [(f["name"], f["size"], f["sha256"]) for f in info["files"]] == [
+        ("lot.csv", len(data), sha)
+    ]
+    r = api.http.get(f"{API}/datasets/{ORG}/lots/files/lot.csv")
+    assert r.headers["content-length"] == str(len(data))
+    assert r.content == data
 
 
 # -- tables --------------------------------------------------------------------------------

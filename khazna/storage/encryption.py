@@ -403,11 +403,13 @@ class EncryptedBlobStore:
                 out.write(sealer.seal(piece, last_of=sha256))
                 out.flush()
                 os.fsync(out.fileno())
-            return self.inner.place(tmp, sha256, tmp.stat().st_size)
+            stored = self.inner.place(tmp, sha256, tmp.stat().st_size)
         except OSError as exc:
             raise StorageFailure(f"could not store {path.name}: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
+        # The plaintext's size: the inner store answers with the sealed file's.
+        return StoredBlob(sha256, size, created=stored.created)
 
     def place(self, tmp_path: Path, sha256: str, size: int) -> StoredBlob:
         stored = self.link_file(tmp_path, sha256, size)
