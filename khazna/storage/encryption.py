@@ -4,8 +4,8 @@
 is ciphertext, stored under the SHA-256 of the *plaintext*, so names, deduplication, ETags
 and ``khazna verify`` mean what they meant before.
 
-A stored file is a 32-byte header, then chunks of 64 KiB of plaintext (the last one
-shorter), each sealed on its own with AES-256-GCM::
+A stored file is a 32-byte header, then chunks of 64 KiB of plaintext (the last one may be
+shorter; an empty file is one empty chunk), each sealed on its own with AES-256-GCM::
 
     header  = b"KHZNAE1\\n" | key id (8 bytes) | file id (16 random bytes)
     chunk i = nonce (12 random bytes) | ciphertext | tag (16 bytes)
@@ -17,7 +17,7 @@ Each file has a key of its own, so GCM's limits on random nonces apply per file,
 hub. The chunk index in the associated data stops chunks from being swapped; the flag stops
 truncation and extension; the plaintext SHA-256 in the last chunk's data binds the file to
 its name, so one blob's ciphertext put in place of another's is detected. A reader of a
-range decrypts the chunks it needs and the last one (to check that binding), no more.
+range decrypts the chunks it needs, plus the last one once per process (that binding).
 The plaintext size follows from the ciphertext size: nothing but the chunks needs storing.
 """
 
@@ -63,8 +63,6 @@ OVERHEAD = NONCE + TAG
 SEALED = CHUNK + OVERHEAD  # bytes of one full chunk at rest
 KEY_BYTES = 32
 MARKER_NAME = "encryption.json"
-# Chunks read from the inner store in one request while streaming a range.
-_BATCH = max(1, READ_CHUNK // CHUNK) * 4
 # Decrypted ranges of derived Parquet kept in memory for DuckDB; plaintext never goes to disk.
 READ_CACHE_BYTES = 256 * 1024 * 1024
 
