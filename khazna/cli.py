@@ -53,6 +53,11 @@ audit_app = typer.Typer(
     help="The audit log: export it (server side), check an export offline, print the hub key.",
 )
 app.add_typer(audit_app, name="audit")
+encryption_app = typer.Typer(
+    no_args_is_help=True,
+    help="Encryption at rest: make the key the hub seals its files with (server side).",
+)
+app.add_typer(encryption_app, name="encryption")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -235,6 +240,26 @@ def audit_public_key(home: HomeOpt = None) -> None:
     with _errors():
         hub = _hub(home)
         print(public_key_text(hub.audit.key.public()))
+
+
+@encryption_app.command("new-key")
+def encryption_new_key(
+    path: Annotated[Path, typer.Argument(metavar="PATH", dir_okay=False)],
+) -> None:
+    """Write a new random 256-bit key to PATH (a new file, mode 0600); prints its fingerprint."""
+    from khazna.storage.encryption import EncryptionKey
+
+    with _errors():
+        try:
+            key = EncryptionKey.new_file(path)
+        except FileExistsError:
+            raise ValueError(f"{path} exists: a key file is never overwritten") from None
+    err.print(
+        f"{path}: new encryption key written (mode 0600). Keep it outside the hub folder and "
+        "back it up: without it the hub's files cannot be read. Its fingerprint:",
+        highlight=False,
+    )
+    print(key.fingerprint)
 
 
 # client side ---------------------------------------------------------------------------

@@ -79,14 +79,18 @@ class Settings:
     # addresses or networks, "*" for any): the audit log and the quotas then see the client's
     # address, not the proxy's.
     trusted_proxies: str = "127.0.0.1"
+    # A file outside the hub folder holding the key every stored file is encrypted with;
+    # None: files are stored as they came.
+    encryption_key_file: Path | None = None
 
     @property
     def storage(self) -> StorageLocation:
+        sealed = self.encryption_key_file is not None
         if self.storage_url:
             return StorageLocation(
-                "s3", self.storage_jurisdiction, s3=parse_s3_url(self.storage_url)
+                "s3", self.storage_jurisdiction, s3=parse_s3_url(self.storage_url), encrypted=sealed
             )
-        return StorageLocation("local", self.storage_jurisdiction)
+        return StorageLocation("local", self.storage_jurisdiction, encrypted=sealed)
 
     @property
     def blob_dir(self) -> Path:
@@ -139,6 +143,7 @@ class Settings:
             storage_url=_storage_url_env(),
             trusted_proxies=(os.environ.get("KHAZNA_TRUSTED_PROXIES") or "127.0.0.1").strip(),
             storage_jurisdiction=_jurisdiction_env(),
+            encryption_key_file=_key_file_env(),
         )
 
 
@@ -153,3 +158,8 @@ def _storage_url_env() -> str | None:
 def _jurisdiction_env() -> str | None:
     raw = (os.environ.get("KHAZNA_STORAGE_JURISDICTION") or "").strip()
     return check_jurisdiction(raw, "KHAZNA_STORAGE_JURISDICTION") if raw else None
+
+
+def _key_file_env() -> Path | None:
+    raw = (os.environ.get("KHAZNA_ENCRYPTION_KEY_FILE") or "").strip()
+    return Path(raw).expanduser().absolute() if raw else None

@@ -16,8 +16,17 @@ from khazna.catalog.search import make_search_index
 from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
+from khazna.errors import StorageFailure
 from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import BlobStore, LocalBlobStore
+from khazna.storage.encryption import (
+    MARKER_NAME,
+    EncryptionKey,
+    FileMarker,
+    Marker,
+    check_marker,
+    encrypted,
+)
 from khazna.tables.query import QuerySlots
 from khazna.tables.registry import INGEST_JOB, PROFILE_JOB, Tables
 
@@ -38,6 +47,15 @@ class Hub:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
+        # Before anything else is opened: a hub started without its key, or with another
+        # key, refuses at once instead of serving ciphertext or writing a mix.
+        key = None
+        if settings.encryption_key_file is not None:
+            key = EncryptionKey.load(settings.encryption_key_file, settings.home)
+        plain = _stores(settings)
+        check_marker(_marker(settings, plain[0]), key, lambda: any(_holds_any(s) for s in plain))
+        self.encryption_key_fingerprint = key.fingerprint if key is not None else None
+        self.blobs, self.derived = plain if key is None else encrypted(plain, key, settings.tmp_dir)
         self.engine = db.make_engine(settings.database_url)
         try:
             db.create_schema(self.engine)
@@ -49,7 +67,6 @@ class Hub:
                 f"{where.render_as_string(hide_password=True)}: {reason}"
             ) from exc
         self.storage = settings.storage
-        self.blobs, self.derived = _stores(settings)
         self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
         self.quotas = make_quotas(
@@ -138,6 +155,21 @@ def _stores(settings: Settings) -> tuple[BlobStore, BlobStore]:
     return S3BlobStore(location.s3, "blobs", client), S3BlobStore(location.s3, "derived", client)
 
 
+def _marker(settings: Settings, blobs: BlobStore) -> Marker:
+    """Beside the files: the hub folder, or the bucket (where hub processes with folders
+    of their own all find it)."""
+    if isinstance(blobs, LocalBlobStore):
+        return FileMarker(settings.home / MARKER_NAME)
+    from khazna.storage.s3 import S3BlobStore, S3Marker
+
+    assert isinstance(blobs, S3BlobStore)
+    return S3Marker(blobs, MARKER_NAME)
+
+
+def _holds_any(store: BlobStore) -> bool:
+    return next(iter(store.iter_hashes()), None) is not None
+
+
 def _check(
     report: VerifyReport, store: BlobStore, sha: str, what: str, size: int | None = None
 ) -> None:
@@ -146,8 +178,15 @@ def _check(
     if not store.exists(sha):
         report.problems.append(f"{what} {sha} is missing")
         return
-    if size is not None and (actual_size := store.size(sha)) != size:
-        report.problems.append(f"{what} {sha} has {actual_size} bytes, the catalog recorded {size}")
+    try:
+        if size is not None and (actual_size := store.size(sha)) != size:
+            report.problems.append(
+                f"{what} {sha} has {actual_size} bytes, the catalog recorded {size}"
+            )
+            return
+        actual = store.rehash(sha)
+    except StorageFailure as exc:  # an encrypted file whose chunks fail their check
+        report.problems.append(f"{what} {sha} is damaged: {exc.message}")
         return
-    if (actual := store.rehash(sha)) != sha:
+    if actual != sha:
         report.problems.append(f"{what} {sha} is damaged: its content hashes to {actual}")

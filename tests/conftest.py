@@ -66,6 +66,8 @@ def _storage_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
     else:  # hermetic whatever the developer's shell holds
         monkeypatch.delenv("KHAZNA_STORAGE_URL", raising=False)
     monkeypatch.delenv("KHAZNA_STORAGE_JURISDICTION", raising=False)
+    # Encrypted hubs are made on purpose (tests/test_encryption.py), never by the shell.
+    monkeypatch.delenv("KHAZNA_ENCRYPTION_KEY_FILE", raising=False)
 
 
 # The metadata database of the tests: unset, each hub keeps its own SQLite file (the

@@ -59,6 +59,10 @@ class BlobWriter(Protocol):
 
     def commit(self, expected_sha256: str | None = None) -> StoredBlob: ...
 
+    # Under a name the caller vouches for: an encrypting wrapper names ciphertext by the
+    # SHA-256 of its plaintext.
+    def commit_as(self, name: str) -> StoredBlob: ...
+
     def abort(self) -> None: ...
 
 
@@ -68,7 +72,8 @@ class BlobStore(Protocol):
     # An fsspec filesystem DuckDB reads ``url_of`` through; None for plain local paths.
     filesystem: Any
 
-    def writer(self, max_bytes: int) -> BlobWriter: ...
+    # hashed=False: the writer skips hashing, for callers that name blobs with commit_as.
+    def writer(self, max_bytes: int, *, hashed: bool = True) -> BlobWriter: ...
 
     def link_file(self, path: Path, sha256: str, size: int) -> StoredBlob: ...
 
@@ -102,10 +107,11 @@ def _fsync_dir(path: Path) -> None:
 class LocalFileWriter:
     """Streams into ``tmp_dir`` and renames into the blob tree on commit."""
 
-    def __init__(self, store: LocalBlobStore, max_bytes: int) -> None:
+    def __init__(self, store: LocalBlobStore, max_bytes: int, hashed: bool = True) -> None:
         self._store = store
         self._max = max_bytes
-        self._hash = hashlib.sha256()
+        # Not hashed when the caller names the blob itself (commit_as) and hashes elsewhere.
+        self._hash = hashlib.sha256() if hashed else None
         self.size = 0
         self._path = store.tmp_dir / f"upload-{uuid.uuid4().hex}.part"
         try:
@@ -132,7 +138,8 @@ class LocalFileWriter:
         except OSError as exc:
             self.abort()
             raise StorageFailure(f"could not write the upload to storage: {exc}") from exc
-        self._hash.update(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
         self.size += len(chunk)
         if self.on_write is not None:
             try:
@@ -143,17 +150,23 @@ class LocalFileWriter:
             self.on_write(len(chunk))
 
     def commit(self, expected_sha256: str | None = None) -> StoredBlob:
+        if self._hash is None:
+            raise RuntimeError("a writer made with hashed=False commits with commit_as")
         digest = self._hash.hexdigest()
         if expected_sha256 is not None and expected_sha256.lower() != digest:
             self.abort()
             raise Unprocessable(
                 f"content SHA-256 is {digest}, but the client announced {expected_sha256}"
             )
+        return self.commit_as(digest)
+
+    def commit_as(self, name: str) -> StoredBlob:
+        check_sha256(name)
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            stored = self._store.place(self._path, digest, self.size)
+            stored = self._store.place(self._path, name, self.size)
         except OSError as exc:
             self.abort()
             raise StorageFailure(f"could not store the upload: {exc}") from exc
@@ -191,8 +204,8 @@ class LocalBlobStore:
         """The blob itself: it is a local file already, no copy needed."""
         return self.path_of(sha256)
 
-    def writer(self, max_bytes: int) -> LocalFileWriter:
-        return LocalFileWriter(self, max_bytes)
+    def writer(self, max_bytes: int, *, hashed: bool = True) -> LocalFileWriter:
+        return LocalFileWriter(self, max_bytes, hashed)
 
     def place(self, tmp_path: Path, sha256: str, size: int) -> StoredBlob:
         """Move a complete, fsynced file into place under its hash."""

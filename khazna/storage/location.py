@@ -44,13 +44,17 @@ class StorageLocation:
     kind: str  # "local" or "s3"
     jurisdiction: str | None
     s3: S3Location | None = None  # kind "s3"
+    # Files sealed by the hub with the operator's key (KHAZNA_ENCRYPTION_KEY_FILE).
+    encrypted: bool = False
 
     def describe(self) -> str:
         # Not the folder: where the hub keeps its files is none of a caller's business.
         return self.s3.describe() if self.s3 is not None else "local disk"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "jurisdiction": self.jurisdiction, "location": self.describe()}
+        shown = {"kind": self.kind, "jurisdiction": self.jurisdiction, "location": self.describe()}
+        # Only when true: a hub without a key answers exactly as before the option existed.
+        return shown | {"encrypted": True} if self.encrypted else shown
 
 
 def parse_s3_url(url: str) -> S3Location:

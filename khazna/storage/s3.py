@@ -92,10 +92,11 @@ def _missing(exc: ClientError) -> bool:
 class S3Writer:
     """Receives one blob's bytes; ``commit`` makes it visible, ``abort`` leaves no trace."""
 
-    def __init__(self, store: S3BlobStore, max_bytes: int) -> None:
+    def __init__(self, store: S3BlobStore, max_bytes: int, hashed: bool = True) -> None:
         self._store = store
         self._max = max_bytes
-        self._hash = hashlib.sha256()
+        # Not hashed when the caller names the blob itself (commit_as) and hashes elsewhere.
+        self._hash = hashlib.sha256() if hashed else None
         self.size = 0
         # Chunks not yet sent: joined once into a part (one copy, no growing buffer).
         self._pending: list[bytes] = []
@@ -109,7 +110,8 @@ class S3Writer:
         if self.size + len(chunk) > self._max:
             self.abort()
             raise too_large(self._max)
-        self._hash.update(chunk)
+        if self._hash is not None:
+            self._hash.update(chunk)
         self.size += len(chunk)
         self._pending.append(chunk)
         self._pending_size += len(chunk)
@@ -150,12 +152,18 @@ class S3Writer:
                 p.result()  # raises
 
     def commit(self, expected_sha256: str | None = None) -> StoredBlob:
+        if self._hash is None:
+            raise RuntimeError("a writer made with hashed=False commits with commit_as")
         digest = self._hash.hexdigest()
         if expected_sha256 is not None and expected_sha256.lower() != digest:
             self.abort()
             raise Unprocessable(
                 f"content SHA-256 is {digest}, but the client announced {expected_sha256}"
             )
+        return self.commit_as(digest)
+
+    def commit_as(self, name: str) -> StoredBlob:
+        digest = check_sha256(name)
         s = self._store
         target = s.key_of(digest)
         try:
@@ -235,8 +243,8 @@ class S3BlobStore:
         """The blob as DuckDB reads it through ``filesystem``."""
         return f"s3://{self.bucket}/{self.key_of(sha256)}"
 
-    def writer(self, max_bytes: int) -> S3Writer:
-        return S3Writer(self, max_bytes)
+    def writer(self, max_bytes: int, *, hashed: bool = True) -> S3Writer:
+        return S3Writer(self, max_bytes, hashed)
 
     def link_file(self, path: Path, sha256: str, size: int) -> StoredBlob:
         """Upload a finished local file whose hash is known; the file stays."""
@@ -337,6 +345,34 @@ class S3BlobStore:
         except S3Errors as exc:
             raise StorageFailure(f"could not list temporary uploads: {exc}") from exc
         return removed
+
+
+class S3Marker:
+    """An object at the prefix's root (``PREFIX/NAME``): the encryption marker lives with
+    the files it describes, where every hub process sharing the bucket finds it."""
+
+    def __init__(self, store: S3BlobStore, name: str) -> None:
+        self.store = store
+        self.key = store.location.key(name)
+        self.where = f"s3://{store.bucket}/{self.key}"
+
+    def read(self) -> bytes | None:
+        try:
+            body = self.store.client.get_object(Bucket=self.store.bucket, Key=self.key)["Body"]
+            data: bytes = body.read()
+        except ClientError as exc:
+            if _missing(exc):
+                return None
+            raise StorageFailure(f"could not read {self.where}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageFailure(f"could not read {self.where}: {exc}") from exc
+        return data
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.store.client.put_object(Bucket=self.store.bucket, Key=self.key, Body=data)
+        except S3Errors as exc:
+            raise StorageFailure(f"could not write {self.where}: {exc}") from exc
 
 
 class _RangeFile(AbstractBufferedFile):  # type: ignore[misc]
