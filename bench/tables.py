@@ -20,7 +20,13 @@ folder:
    - the floor: DuckDB's ``COPY (SELECT * FROM read_csv_auto(f)) TO 'x.parquet'
      (FORMAT parquet)`` in this process, on a fresh in-memory connection;
    - Datasette's path, once (it is slow): ``sqlite-utils insert db.sqlite rows f --csv``
-     (types are detected by default in sqlite-utils 4).
+     (types are detected by default in sqlite-utils 4);
+   - the CPU seconds each side spent (Khazna: the server and this client; DuckDB: this
+     process), since client, server and DuckDB share the machine's cores;
+   - with ``--remote-mb-per-s R``, once more each: an upload paced at R MB/s (a client
+     across a network link) to this hub, which converts a CSV of 64 MiB or more as it
+     arrives, and to a second hub started with ``KHAZNA_EARLY_INGEST_MIN_BYTES=0``, which
+     converts after the upload.
 2. queries, C timed calls each after 2 warm-up calls, p50 and p95:
    - a group-by aggregate: Khazna ``POST /api/v1/sql``, DuckDB on the Parquet file
      Khazna derived from the last upload (the same file, found under
@@ -59,7 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -331,16 +337,49 @@ class Ingest:
     rss_before: int
     started_at: float  # wall clock, seconds since the epoch
     early: bool  # converted while the upload arrived (the job's converted_while_uploading)
+    server_cpu_s: float  # CPU time the server (and its children) spent meanwhile
+    client_cpu_s: float  # CPU time this process spent sending and polling
 
 
-def khazna_ingest(http: httpx.Client, server: Server, src: Path, dataset: str) -> Ingest:
+def cpu_of(proc: psutil.Process) -> float:
+    """User and system CPU seconds of a process and its children so far."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def paced(chunks: Iterator[bytes], mb_per_s: float) -> Iterator[bytes]:
+    """The chunks no faster than ``mb_per_s`` (a client on a network link of that speed)."""
+    start, sent = time.perf_counter(), 0
+    for chunk in chunks:
+        ahead = start + sent / (mb_per_s * 1e6) - time.perf_counter()
+        if ahead > 0:
+            time.sleep(ahead)
+        yield chunk
+        sent += len(chunk)
+
+
+def khazna_ingest(
+    http: httpx.Client, server: Server, src: Path, dataset: str, mb_per_s: float = 0
+) -> Ingest:
     url = f"/api/v1/datasets/{ORG}/{dataset}/files/{FILE_NAME}"
     size = src.stat().st_size
     headers = {"Content-Length": str(size), "Content-Type": "text/csv"}
+    body = paced(file_chunks(src), mb_per_s) if mb_per_s else file_chunks(src)
+    server_proc = psutil.Process(server.proc.pid)
     with RssSampler(server.proc.pid) as rss:
+        server_cpu, client_cpu = cpu_of(server_proc), own_cpu()
         started_at = time.time()
         t0 = time.perf_counter()
-        r = http.put(url, content=file_chunks(src), headers=headers)
+        r = http.put(url, content=body, headers=headers)
         put_s = time.perf_counter() - t0
         if r.status_code != 200:
             raise RuntimeError(f"PUT {url}: {r.status_code} {r.text[:500]}")
@@ -357,6 +396,8 @@ def khazna_ingest(http: httpx.Client, server: Server, src: Path, dataset: str) -
                 raise RuntimeError(f"ingest job failed: {state}")
             time.sleep(JOB_POLL_S)
         total_s = time.perf_counter() - t0
+        # Before the profile job that follows adds its own.
+        server_cpu, client_cpu = cpu_of(server_proc) - server_cpu, own_cpu() - client_cpu
     return Ingest(
         dataset,
         total_s,
@@ -367,7 +408,38 @@ def khazna_ingest(http: httpx.Client, server: Server, src: Path, dataset: str) -
         rss.before,
         started_at,
         bool(state["result"].get("converted_while_uploading")),
+        server_cpu,
+        client_cpu,
     )
+
+
+def remote_ingests(
+    work: Path,
+    khazna: Server,
+    src: Path,
+    args: argparse.Namespace,
+    res: Results,
+    servers: list[Server],
+    cpu: CpuWatch,
+) -> None:
+    """One upload paced at --remote-mb-per-s to this hub (which converts a large CSV as it
+    arrives) and one to a hub told not to (KHAZNA_EARLY_INGEST_MIN_BYTES=0)."""
+    after = start_khazna(work / "khazna-home-after", KHAZNA_EARLY_INGEST_MIN_BYTES="0")
+    servers.append(after)
+    cpu.servers.append(after.proc)
+    res.remote_mb_per_s = args.remote_mb_per_s
+    for n, (key, server) in enumerate((("remote_early", khazna), ("remote_after", after))):
+        print(f"paced upload at {args.remote_mb_per_s:g} MB/s: {key}", file=sys.stderr)
+        auth = {"Authorization": f"Bearer {server.token}"}
+        with httpx.Client(base_url=server.url, headers=auth, timeout=TIMEOUT) as http:
+            with Client(server.url, token=server.token, state_dir=work / f"client-{n}") as c:
+                c.ensure_dataset(f"{ORG}/paced")
+            mark(src, args.repeat + n)
+            same_start(src)
+            run = khazna_ingest(http, server, src, "paced", args.remote_mb_per_s)
+            wait_for_profiles(http, ["paced"])
+        res.add(f"{key}_put", run.put_s)
+        res.add(key, run.total_s)
 
 
 def wait_for_profiles(http: httpx.Client, datasets: list[str], limit_s: float = 600) -> None:
@@ -471,6 +543,7 @@ class Results:
     page: dict[str, list[int]] = field(default_factory=dict)
     cache_dropped: bool = False  # each ingest began with the page cache dropped (root only)
     early: list[bool] = field(default_factory=list)  # per upload: converted while arriving
+    remote_mb_per_s: float = 0
 
     def add(self, key: str, seconds: float) -> None:
         self.ingest.setdefault(key, []).append(seconds)
@@ -593,8 +666,15 @@ INGEST_ROWS = [
     ("  PUT answered (stored)", "khazna_stored"),
     ("  table ready (queryable)", "khazna_ready"),
     ("  job done (profile written)", "khazna_done"),
+    ("  CPU s: khazna server", "khazna_server_cpu"),
+    ("  CPU s: this client", "khazna_client_cpu"),
     ("duckdb COPY csv -> parquet", "duckdb"),
+    ("  CPU s: duckdb", "duckdb_cpu"),
     ("sqlite-utils insert --csv", "sqlite_utils"),
+    ("paced, converted as it arrives: PUT", "remote_early_put"),
+    ("  table ready (queryable)", "remote_early"),
+    ("paced, converted after: PUT", "remote_after_put"),
+    ("  table ready (queryable)", "remote_after"),
 ]
 QUERY_ROWS = [
     ("aggregate: khazna POST /sql", "agg_khazna"),
@@ -628,13 +708,13 @@ def report(
         f"\n{args.rows:,} rows, CSV {csv_mib:.1f} MiB; ingest {args.repeat} repetition(s) "
         f"(sqlite-utils once); queries {args.calls} calls after {WARMUP} warm-up calls\n"
     )
-    header = f"{'ingest':<34} {'min s':>9} {'median s':>9}"
+    header = f"{'ingest':<36} {'min s':>9} {'median s':>9}"
     print(header)
     print("-" * len(header))
     for label, key in INGEST_ROWS:
         if key in res.ingest:
             xs = res.ingest[key]
-            print(f"{label:<34} {min(xs):>9.3f} {p50(xs):>9.3f}")
+            print(f"{label:<36} {min(xs):>9.3f} {p50(xs):>9.3f}")
     header = f"{'query':<34} {'p50 ms':>9} {'p95 ms':>9}"
     print(f"\n{header}")
     print("-" * len(header))
@@ -737,6 +817,24 @@ def report(
         "other_cpu_share": other_cpu,
         "page_cache_dropped_before_each_ingest": res.cache_dropped,
         "ingest_converted_while_uploading": res.early,
+        "ingest_cpu_s_median": {
+            "khazna_server": med_s("khazna_server_cpu"),
+            "khazna_client": med_s("khazna_client_cpu"),
+            "duckdb": med_s("duckdb_cpu"),
+        },
+        "paced_upload": None
+        if not res.remote_mb_per_s
+        else {
+            "mb_per_s": res.remote_mb_per_s,
+            "converted_as_it_arrives": {
+                "put_s": med_s("remote_early_put"),
+                "ready_s": med_s("remote_early"),
+            },
+            "converted_after": {
+                "put_s": med_s("remote_after_put"),
+                "ready_s": med_s("remote_after"),
+            },
+        },
         "duckdb_queries_on": "the Parquet file Khazna derived (under $KHAZNA_HOME/derived/)",
         "machine": machine(duckdb=duckdb.__version__),
     }
@@ -747,6 +845,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=5_000_000, help="rows in the CSV")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each ingest")
     parser.add_argument("--calls", type=int, default=20, help="timed calls of each query")
+    parser.add_argument(
+        "--remote-mb-per-s",
+        type=float,
+        default=0,
+        help="also upload once at this pace (a client across a network link), to a hub that"
+        " converts as the bytes arrive and to one that converts after (0: skip)",
+    )
     parser.add_argument(
         "--skip-sqlite-utils",
         action="store_true",
@@ -781,7 +886,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"ingest repetition {rep + 1}/{args.repeat}", file=sys.stderr)
                 mark(src, rep)
                 same_start(src)
+                before = own_cpu()
                 res.add("duckdb", timed(lambda: duckdb_copy(src, floor_out, work / "duckdb-tmp")))
+                res.add("duckdb_cpu", own_cpu() - before)
                 floor_out.unlink()
                 res.cache_dropped = same_start(src)
                 run = khazna_ingest(kh_http, khazna, src, f"tables-{rep}")
@@ -790,10 +897,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 res.early.append(run.early)
                 res.add("khazna", run.total_s)
+                res.add("khazna_server_cpu", run.server_cpu_s)
+                res.add("khazna_client_cpu", run.client_cpu_s)
             for step in ingest_steps(khazna.home, runs):
                 res.add("khazna_stored", step["stored_s"])
                 res.add("khazna_ready", step["ready_s"])
                 res.add("khazna_done", step["done_s"])
+
+            if args.remote_mb_per_s:
+                remote_ingests(work, khazna, src, args, res, servers, cpu)
 
             last = runs[-1]
             sha = last.parquet_sha256
