@@ -1,17 +1,51 @@
-"""The web pages a newcomer sees first (the full UI grows in its own issue)."""
+"""The web pages, in-process: languages, the catalog pages, table preview and SQL, and
+access levels holding on every page exactly as in the API."""
 
 from __future__ import annotations
 
+import io
+import time
+
+import pyarrow.parquet as pq
 import pytest
 from markupsafe import escape
 
 from khazna.demo import load_demo, manifest
 from tests.conftest import Api
+from tests.test_tables_api import ORG, PROVINCES, REGIONS, publish
+
+REGIONS_FILE = "morocco_regions_rgph2024.csv"
+PREVIEW = f"/datasets/demo/morocco-regions-rgph2024/tables/{REGIONS_FILE}"
+PROFILE = f"/api/v1/tables/demo/morocco-regions-rgph2024/{REGIONS_FILE}/profile"
+REGIONS_DEMO_SQL = "demo_morocco_regions_rgph2024_morocco_regions_rgph2024"
+
+
+def wait_for_demo_tables(api: Api) -> None:
+    """Until every demo table is ingested and the regions' profile computed."""
+    deadline = time.monotonic() + 120
+    names = [d["name"] for d in manifest()["datasets"]]
+    while time.monotonic() < deadline:
+        statuses = [
+            f["table"]["status"]
+            for name in names
+            for f in api.http.get(f"/api/v1/datasets/demo/{name}").json()["files"]
+            if "table" in f
+        ]
+        profile = api.http.get(PROFILE)
+        if (
+            "pending" not in statuses
+            and profile.status_code == 200
+            and profile.json()["status"] == "ready"
+        ):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the demo tables were not ready within 120 s")
 
 
 @pytest.fixture
 def demo(api: Api) -> Api:
     load_demo(api.hub)
+    wait_for_demo_tables(api)
     return api
 
 
@@ -23,6 +57,7 @@ def test_the_home_page_lists_the_demo_datasets_in_each_language(demo: Api) -> No
         assert f'<html lang="{lang}" dir="{direction}">' in page.text
         for d in datasets:
             assert escape(d["title"][lang]) in page.text
+    demo.http.cookies.clear()  # ?lang= was remembered; a first visit is in French
     assert "Les données du pays, hébergées dans le pays." in demo.http.get("/").text
 
 
@@ -47,6 +82,8 @@ def test_the_dataset_page_lists_files_and_links_each_version(demo: Api) -> None:
     assert f'href="{href}"' in page.text
     assert f'href="{href}?version=1"' in page.text
     assert "954 bytes" in page.text
+    preview = "/datasets/demo/morocco-regions-rgph2024/tables/morocco_regions_rgph2024.csv?lang=en"
+    assert f'<a href="{preview}">Preview</a>' in page.text
 
 
 def test_the_search_page_shows_results_and_facets(demo: Api) -> None:
@@ -60,7 +97,7 @@ def test_the_search_page_shows_results_and_facets(demo: Api) -> None:
 def test_the_organization_page_lists_its_datasets(demo: Api) -> None:
     page = demo.http.get("/organizations/demo")
     assert page.status_code == 200
-    assert page.text.count('<div class="card">') == len(manifest()["datasets"])
+    assert page.text.count('<article class="card">') == len(manifest()["datasets"])
 
 
 def test_pages_for_unknown_things_are_404(demo: Api) -> None:
@@ -78,3 +115,298 @@ def test_a_private_dataset_page_is_hidden_from_strangers(api: Api) -> None:
     assert api.http.get("/datasets/ministere-sante/dossiers").status_code == 404
     own = api.http.get("/datasets/ministere-sante/dossiers", headers=api.auth(api.editor))
     assert own.status_code == 200
+
+
+# languages ---------------------------------------------------------------------------
+
+
+def test_the_chosen_language_is_remembered_in_a_cookie(demo: Api) -> None:
+    first = demo.http.get("/", params={"lang": "ar"})
+    assert first.cookies["khazna_lang"] == "ar"
+    later = demo.http.get("/search", params={"q": "gtfs"})
+    assert '<html lang="ar" dir="rtl">' in later.text
+    assert "3 نتائج" in later.text
+
+
+def test_accept_language_chooses_when_neither_query_nor_cookie_does(demo: Api) -> None:
+    for header, lang in (
+        ("en-GB,en;q=0.9,fr;q=0.5", "en"),
+        ("ar-MA", "ar"),
+        ("de-DE, fr;q=0.3, en;q=0.8", "en"),
+        ("de, es", "fr"),
+        ("", "fr"),
+    ):
+        page = demo.http.get("/", headers={"Accept-Language": header})
+        assert f'<html lang="{lang}"' in page.text, header
+        assert "khazna_lang" not in page.cookies  # only an explicit choice is remembered
+    # An explicit choice beats the browser's.
+    page = demo.http.get("/", params={"lang": "fr"}, headers={"Accept-Language": "ar"})
+    assert '<html lang="fr" dir="ltr">' in page.text
+
+
+def test_the_language_switch_keeps_the_page_and_its_query_string(demo: Api) -> None:
+    page = demo.http.get("/search", params={"q": "gtfs", "format": "ZIP", "lang": "fr"})
+    assert 'href="/search?q=gtfs&amp;format=ZIP&amp;lang=ar" hreflang="ar"' in page.text
+    assert 'href="/search?q=gtfs&amp;format=ZIP&amp;lang=en" hreflang="en"' in page.text
+    table = demo.http.get(PREVIEW, params={"sort": "-population_2024", "lang": "en"})
+    assert f'href="{PREVIEW}?sort=-population_2024&amp;lang=fr" hreflang="fr"' in table.text
+
+
+def test_arabic_counts_use_arabic_plural_forms(demo: Api) -> None:
+    def count_line(q: str) -> str:
+        text = demo.http.get("/search", params={"q": q, "lang": "ar"}).text
+        return text.split('<p role="status">')[1].split("</p>")[0]
+
+    assert count_line("zzzz-nothing") == "لا توجد نتائج"
+    assert count_line("caltrain") == "نتيجة واحدة"
+    assert count_line("gtfs") == "3 نتائج"
+
+
+def test_a_page_error_is_an_html_page_in_the_language_and_the_api_stays_json(
+    demo: Api,
+) -> None:
+    page = demo.http.get("/datasets/demo/nothing", params={"lang": "ar"})
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<html lang="ar" dir="rtl">' in page.text
+    assert "<h1>لا شيء هنا</h1>" in page.text
+    bad = demo.http.get(PREVIEW, params={"offset": "abc", "lang": "en"})
+    assert bad.status_code == 400
+    assert "<h1>This request could not be understood</h1>" in bad.text
+    api = demo.http.get("/api/v1/datasets/demo/nothing")
+    assert api.json()["error"]["code"] == "not_found"
+
+
+# table preview -----------------------------------------------------------------------
+
+
+def _cells(html: str) -> list[list[str]]:
+    """The body rows of the first data table of a page, as text."""
+    body = html.split('<table class="data">')[1].split("<tbody>")[1].split("</tbody>")[0]
+    rows = [r for r in body.split("<tr>")[1:]]
+    return [[c.split(">", 1)[1].split("</td>")[0] for c in row.split("<td")[1:]] for row in rows]
+
+
+def test_the_preview_shows_a_page_of_rows_with_the_column_types(demo: Api) -> None:
+    page = demo.http.get(PREVIEW, params={"lang": "en", "limit": 5})
+    assert page.status_code == 200
+    assert "12 rows · SQL name:" in page.text
+    assert '<p role="status">Rows 1 to 5 of 12</p>' in page.text
+    assert "<span>Page 1 of 3</span>" in page.text
+    cells = _cells(page.text)
+    assert len(cells) == 5
+    # Text in the data is shown as written, Arabic included.
+    assert cells[0] == [
+        "01",
+        "01",
+        "Tanger-Tétouan-Al Hoceima",
+        "طنجة-تطوان-الحسيمة",
+        "4030222",
+        "1048860",
+        "8",
+        "146",
+    ]
+    assert 'population_2024<span class="visually-hidden">' in page.text
+    assert '<span class="type" dir="ltr">BIGINT</span>' in page.text
+    next_page = f'href="{PREVIEW}?lang=en&amp;limit=5&amp;offset=5">Next page</a>'
+    assert next_page in page.text
+    last = demo.http.get(PREVIEW, params={"lang": "en", "limit": 5, "offset": 10})
+    assert '<p role="status">Rows 11 to 12 of 12</p>' in last.text
+    assert "Next page" not in last.text
+    assert [c[2] for c in _cells(last.text)] == ["Laâyoune-Sakia El Hamra", "Dakhla-Oued Ed-Dahab"]
+
+
+def test_the_preview_sorts_by_a_column_header_link(demo: Api) -> None:
+    page = demo.http.get(PREVIEW, params={"lang": "en", "limit": 3})
+    ascending = f"{PREVIEW}?lang=en&amp;limit=3&amp;sort=population_2024"
+    assert f'<a href="{ascending}" dir="auto">population_2024<' in page.text
+    up = demo.http.get(PREVIEW, params={"lang": "en", "limit": 3, "sort": "population_2024"})
+    assert [c[2] for c in _cells(up.text)] == [
+        "Dakhla-Oued Ed-Dahab",
+        "Guelmim-Oued Noun",
+        "Laâyoune-Sakia El Hamra",
+    ]
+    assert '<th scope="col" aria-sort="ascending">' in up.text
+    # The sorted column's link now sorts the other way.
+    descending = f"{PREVIEW}?lang=en&amp;limit=3&amp;sort=-population_2024"
+    assert f'<a href="{descending}" dir="auto">population_2024 ▲<' in up.text
+    down = demo.http.get(PREVIEW, params={"lang": "en", "limit": 3, "sort": "-population_2024"})
+    assert [c[4] for c in _cells(down.text)] == ["7688967", "5132639", "4892393"]
+
+
+def test_the_filter_form_becomes_a_rows_api_filter(demo: Api) -> None:
+    form = {"lang": "en", "_column": "population_2024", "_op": "gt", "_value": "4500000"}
+    sent = demo.http.get(PREVIEW, params=form, follow_redirects=False)
+    assert sent.status_code == 303
+    assert sent.headers["location"] == f"{PREVIEW}?lang=en&population_2024__gt=4500000"
+    page = demo.http.get(sent.headers["location"])
+    assert [c[2] for c in _cells(page.text)] == [
+        "Rabat-Salé-Kénitra",
+        "Casablanca-Settat",
+        "Marrakech-Safi",
+    ]
+    assert '<p role="status">Rows 1 to 3 of 3</p>' in page.text
+    assert f'<a href="{PREVIEW}?lang=en">remove' in page.text
+    equal = {"lang": "en", "_column": "name_ar", "_op": "eq", "_value": "الشرق"}
+    page = demo.http.get(PREVIEW, params=equal)
+    assert [c[2] for c in _cells(page.text)] == ["Oriental"]
+    unknown = demo.http.get(PREVIEW, params={"lang": "en", "nope__gt": "1"})
+    assert unknown.status_code == 400
+    assert "nope" in unknown.text
+
+
+def test_the_preview_shows_the_profile_of_each_column(demo: Api) -> None:
+    page = demo.http.get(PREVIEW, params={"lang": "fr"})
+    profile = page.text.split('<h2 id="columns">Colonnes</h2>')[1]
+    row = profile.split('<th scope="row" dir="auto">population_2024</th>')[1].split("</tr>")[0]
+    assert row == (
+        '<td><code dir="ltr">BIGINT</code></td><td>0</td><td>12</td>'
+        '<td dir="auto">219965</td><td dir="auto">7688967</td>'
+    )
+    assert '<th scope="col">Valeurs vides</th>' in profile
+
+
+# SQL page ----------------------------------------------------------------------------
+
+REGIONS_QUERY = (
+    f"SELECT code, name_ar, population_2024 FROM {REGIONS_DEMO_SQL} "
+    "ORDER BY population_2024 DESC LIMIT 2"
+)
+
+
+def test_the_sql_page_runs_the_query_and_shows_its_rows(demo: Api) -> None:
+    form = demo.http.get("/sql", params={"sql": "SELECT 1", "lang": "en"})
+    assert '<label for="sql">Query</label>' in form.text
+    assert ">SELECT 1</textarea>" in form.text
+    page = demo.http.post("/sql?lang=en", data={"sql": REGIONS_QUERY})
+    assert page.status_code == 200
+    assert _cells(page.text) == [
+        ["06", "الدار البيضاء-سطات", "7688967"],
+        ["04", "الرباط-سلا-القنيطرة", "5132639"],
+    ]
+    assert '<p role="status">2 rows · ' in page.text
+    assert (
+        '<input type="hidden" name="format" value="csv"><button type="submit">Download as CSV'
+        in page.text
+    )
+
+
+def test_the_sql_downloads_hold_the_same_query_as_csv_and_parquet(demo: Api) -> None:
+    got = demo.http.post("/sql/download", data={"sql": REGIONS_QUERY, "format": "csv"})
+    assert got.status_code == 200
+    assert got.headers["content-disposition"] == 'attachment; filename="khazna-query.csv"'
+    assert got.text == (
+        '"code","name_ar","population_2024"\n'
+        '"06","الدار البيضاء-سطات",7688967\n'
+        '"04","الرباط-سلا-القنيطرة",5132639\n'
+    )
+    got = demo.http.post("/sql/download", data={"sql": REGIONS_QUERY, "format": "parquet"})
+    assert got.headers["content-type"] == "application/vnd.apache.parquet"
+    table = pq.read_table(io.BytesIO(got.content))
+    assert table.to_pydict() == {
+        "code": ["06", "04"],
+        "name_ar": ["الدار البيضاء-سطات", "الرباط-سلا-القنيطرة"],
+        "population_2024": [7688967, 5132639],
+    }
+    refused = demo.http.post("/sql/download", data={"sql": REGIONS_QUERY, "format": "xlsx"})
+    assert refused.status_code == 400
+
+
+def test_a_failing_query_is_shown_on_the_page_with_the_form(demo: Api) -> None:
+    page = demo.http.post("/sql?lang=fr", data={"sql": "DROP TABLE x"})
+    assert page.status_code == 400
+    assert "<h2>La requête a échoué</h2>" in page.text
+    assert ">DROP TABLE x</textarea>" in page.text
+
+
+def test_a_read_only_token_may_use_the_sql_page(demo: Api) -> None:
+    made = demo.http.post(
+        "/api/v1/tokens", json={"scope": "read"}, headers=demo.auth(demo.outsider)
+    )
+    assert made.status_code == 201, made.text
+    headers = demo.auth(made.json()["token"])
+    page = demo.http.post("/sql", data={"sql": REGIONS_QUERY}, headers=headers)
+    assert page.status_code == 200
+    got = demo.http.post(
+        "/sql/download", data={"sql": REGIONS_QUERY, "format": "csv"}, headers=headers
+    )
+    assert got.status_code == 200
+
+
+# access levels on the pages, as in the API -------------------------------------------
+
+RESTRICTED_SQL = "ministere_sante_recensement_morocco_regions_rgph2024"
+RESTRICTED_PREVIEW = f"/datasets/{ORG}/recensement/tables/{REGIONS.name}"
+
+
+@pytest.fixture
+def restricted(api: Api) -> Api:
+    publish(api, "recensement", (REGIONS.name, REGIONS.read_bytes()), access="restricted")
+    publish(api, "dossiers", (PROVINCES.name, PROVINCES.read_bytes()), access="private")
+    return api
+
+
+def test_a_restricted_table_is_refused_on_the_pages_as_in_the_api(restricted: Api) -> None:
+    api = restricted
+    rows = f"/api/v1/tables/{ORG}/recensement/{REGIONS.name}/rows"
+    # Anonymous: 401, as the rows API says; signed in without approval: 403.
+    for headers, status in ((None, 401), (api.auth(api.outsider), 403)):
+        page = api.http.get(RESTRICTED_PREVIEW, params={"lang": "en"}, headers=headers)
+        assert (page.status_code, api.http.get(rows, headers=headers).status_code) == (
+            status,
+            status,
+        )
+        assert "is restricted: its data needs an approved access request" in page.text
+        assert "Morocco" not in page.text and "Tanger" not in page.text
+    # The organization's editor reads it.
+    own = api.http.get(RESTRICTED_PREVIEW, headers=api.auth(api.editor))
+    assert own.status_code == 200
+    assert "Tanger-Tétouan-Al Hoceima" in own.text
+
+
+def test_a_restricted_table_does_not_exist_for_the_sql_page_of_a_stranger(
+    restricted: Api,
+) -> None:
+    api = restricted
+    query = f"SELECT name_fr FROM {RESTRICTED_SQL} ORDER BY 1 LIMIT 1"
+    for headers in (None, api.auth(api.outsider)):
+        through_api = api.http.post("/api/v1/sql", json={"sql": query}, headers=headers)
+        page = api.http.post("/sql?lang=en", data={"sql": query}, headers=headers)
+        download = api.http.post(
+            "/sql/download", data={"sql": query, "format": "csv"}, headers=headers
+        )
+        assert (through_api.status_code, page.status_code, download.status_code) == (
+            400,
+            400,
+            400,
+        )
+        message = f"Table with name {RESTRICTED_SQL} does not exist!"
+        assert message in through_api.json()["error"]["message"]
+        assert message in page.text and message in download.text
+        assert "Al Hoceima" not in page.text + download.text
+    own = api.http.post(
+        "/sql/download", data={"sql": query, "format": "csv"}, headers=api.auth(api.editor)
+    )
+    assert own.text == '"name_fr"\n"Béni Mellal-Khénifra"\n'
+
+
+def test_a_private_table_page_does_not_exist_for_strangers(restricted: Api) -> None:
+    api = restricted
+    path = f"/datasets/{ORG}/dossiers/tables/{PROVINCES.name}"
+    for headers in (None, api.auth(api.outsider)):
+        assert api.http.get(path, headers=headers).status_code == 404
+        assert api.http.get(f"/datasets/{ORG}/dossiers", headers=headers).status_code == 404
+    assert api.http.get(path, headers=api.auth(api.editor)).status_code == 200
+
+
+def test_the_dataset_page_offers_no_preview_to_who_may_not_read(restricted: Api) -> None:
+    page = restricted.http.get(f"/datasets/{ORG}/recensement", params={"lang": "en"})
+    assert page.status_code == 200
+    assert RESTRICTED_PREVIEW not in page.text
+    assert "needs an access the current caller does not have" in page.text
+    own = restricted.http.get(
+        f"/datasets/{ORG}/recensement",
+        params={"lang": "en"},
+        headers=restricted.auth(restricted.editor),
+    )
+    assert f'<a href="{RESTRICTED_PREVIEW}?lang=en">Preview</a>' in own.text
