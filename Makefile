@@ -43,5 +43,9 @@ messages: $(STAMP)
 	$(BIN)/pybabel update -i $(LOCALE)/messages.pot -d $(LOCALE) \
 		--no-fuzzy-matching --ignore-obsolete --width=100
 
+# The README's pictures: the browser tests, saving each page they see into docs/screenshots.
+screenshots: $(STAMP)
+	SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_browser.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
