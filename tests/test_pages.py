@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
 from markupsafe import escape
 
+from khazna.app import create_app
+from khazna.config import Settings
 from khazna.demo import load_demo, manifest
+from khazna.hub import Hub
 from tests.conftest import Api
 from tests.test_tables_api import ORG, PROVINCES, REGIONS, publish
 
@@ -259,10 +264,22 @@ def test_the_preview_shows_the_profile_of_each_column(demo: Api) -> None:
     page = demo.http.get(PREVIEW, params={"lang": "fr"})
     profile = page.text.split('<h2 id="columns">Colonnes</h2>')[1]
     row = profile.split('<th scope="row" dir="auto">population_2024</th>')[1].split("</tr>")[0]
-    assert row == (
+    assert row.startswith(
         '<td><code dir="ltr">BIGINT</code></td><td>0</td><td>12</td>'
-        '<td dir="auto">219965</td><td dir="auto">7688967</td>'
+        '<td dir="auto">219965</td><td dir="auto">7688967</td><td><ul class="top">'
     )
+    # Every population appears once: the five smallest come first, each 1/12 of the rows.
+    top = row.split('<ul class="top">')[1].split("</ul>")[0]
+    assert top.count('<span class="bar" style="inline-size: 8.3%"></span>') == 5
+    assert [v.split("</span>")[0] for v in top.split('<span dir="auto">')[1:]] == [
+        "219965",
+        "448685",
+        "451028",
+        "1655623",
+        "2294665",
+    ]
+    provinces = profile.split('<th scope="row" dir="auto">provinces</th>')[1].split("</tr>")[0]
+    assert '<span dir="auto">8</span> <span class="count">(3)</span>' in provinces
     assert '<th scope="col">Valeurs vides</th>' in profile
 
 
@@ -410,3 +427,54 @@ def test_the_dataset_page_offers_no_preview_to_who_may_not_read(restricted: Api)
         headers=restricted.auth(restricted.editor),
     )
     assert f'<a href="{RESTRICTED_PREVIEW}?lang=en">Preview</a>' in own.text
+
+
+def test_what_the_pages_read_is_in_the_audit_log_as_through_the_api(restricted: Api) -> None:
+    api = restricted
+    auth = api.auth(api.editor)
+    assert api.http.get(RESTRICTED_PREVIEW, params={"sort": "code"}, headers=auth).is_success
+    query = f"SELECT count(*) FROM {RESTRICTED_SQL}"
+    assert api.http.post("/sql", data={"sql": query}, headers=auth).is_success
+    assert api.http.post("/sql/download", data={"sql": query}, headers=auth).is_success
+    entries = api.http.get(
+        "/api/v1/audit", params={"limit": 3}, headers=api.auth(api.admin)
+    ).json()["entries"]
+    file = {"file": REGIONS.name, "sql_name": RESTRICTED_SQL}
+    assert [(e["action"], e["actor"], e["dataset"], e["detail"]) for e in reversed(entries)] == [
+        ("rows", "nadia", "recensement", {**file, "query": "sort=code"}),
+        (
+            "query",
+            "nadia",
+            "recensement",
+            {"sql": query, "tables": [RESTRICTED_SQL], "format": "json"},
+        ),
+        (
+            "query",
+            "nadia",
+            "recensement",
+            {"sql": query, "tables": [RESTRICTED_SQL], "format": "csv"},
+        ),
+    ]
+
+
+def test_the_dataset_page_says_where_its_data_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KHAZNA_STORAGE_JURISDICTION", "MA")
+    hub = Hub(Settings.from_env(tmp_path / "ma"))
+    system = hub.accounts.system_principal()
+    hub.catalog.create_organization(system, "hcp", "HCP")
+    hub.catalog.create_dataset(system, "hcp", "rgph", residency="MA")
+    hub.catalog.create_dataset(system, "hcp", "libre")
+    with TestClient(create_app(hub)) as http:
+        fr = http.get("/datasets/hcp/rgph", params={"lang": "fr"}).text
+        ar = http.get("/datasets/hcp/rgph", params={"lang": "ar"}).text
+        free = http.get("/datasets/hcp/libre", params={"lang": "en"}).text
+    hub.close()
+    where = (
+        "Sur les disques du hub, juridiction : Maroc.\n"
+        "Ses fichiers ne peuvent être stockés que sous cette juridiction : Maroc."
+    )
+    assert where in fr
+    assert "الولاية القضائية: المغرب" in ar
+    assert "On the hub's own disks, jurisdiction: Morocco.\n</p>" in free

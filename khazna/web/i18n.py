@@ -14,6 +14,7 @@ import io
 from collections.abc import Mapping
 from pathlib import Path
 
+from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
@@ -74,3 +75,8 @@ def from_accept_language(header: str) -> str | None:
         if weight > 0 and (best is None or (weight, -position) > best):
             best, chosen = (weight, -position), primary
     return chosen
+
+
+def country_name(code: str, lang: str) -> str:
+    """A jurisdiction's name in ``lang`` (``MA`` -> Maroc, المغرب, Morocco), from CLDR."""
+    return str(Locale.parse(lang).territories.get(code.upper(), code))

@@ -109,6 +109,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
             ],
             "pick": lambda text: pick_language(text, lang),
             "human_bytes": human_bytes,
+            "country": lambda code: i18n.country_name(code, lang),
             "url": url,
             "here": lambda **changes: _with_params(request, **changes),
             **_gettext_functions(lang),
