@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import LiveServer, start_server, stop_server
 
@@ -29,13 +30,6 @@ pytestmark = [
         "(apt-get install chromium; .ci/run installs it)",
     ),
 ]
-
-from playwright.sync_api import (  # noqa: E402 - only once the skip is decided
-    Browser,
-    Page,
-    expect,
-    sync_playwright,
-)
 
 REGIONS_SQL = "demo_morocco_regions_rgph2024_morocco_regions_rgph2024"
 TITLE_FR = "Population et ménages des 12 régions du Maroc (RGPH 2024)"
@@ -140,6 +134,8 @@ def test_a_newcomer_finds_previews_and_sorts_a_table_in_french(
     assert firsts == ["7688967", "5132639", "4892393"]
     assert "sort=-population_2024" in page.url
     page.screenshot(path=shots / "table-fr.png")
+    page.get_by_role("heading", name="Colonnes").evaluate("e => e.scrollIntoView()")
+    page.screenshot(path=shots / "profile-fr.png")
     page.context.close()
 
 
