@@ -37,7 +37,7 @@ TITLE_AR = "السكان والأسر في جهات المغرب الاثنتي 
 
 
 @pytest.fixture(scope="module")
-def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One demo hub for the module, its tables ingested and profiled."""
     home = tmp_path_factory.mktemp("browser-hub")
     server: LiveServer = start_server(home, demo=True)
@@ -54,9 +54,14 @@ def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.2)
         else:
             raise AssertionError("the demo table was not profiled within 120 s")
-        yield server.url
+        yield server
     finally:
         stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def hub_url(demo_server: LiveServer) -> str:
+    return demo_server.url
 
 
 @pytest.fixture(scope="module")
@@ -215,4 +220,23 @@ def test_a_newcomer_runs_sql_and_downloads_the_csv(
         '"04","Rabat-Salé-Kénitra","الرباط-سلا-القنيطرة",5132639\n'
         '"07","Marrakech-Safi","مراكش-آسفي",4892393\n'
     )
+    page.context.close()
+
+
+def test_an_operator_signs_in_with_a_token_and_out_again(
+    browser: Browser, demo_server: LiveServer, shots: Path
+) -> None:
+    page = new_page(browser, "fr-FR")
+    page.goto(demo_server.url + "/sql")
+    page.get_by_role("link", name="Se connecter").click()
+    page.get_by_label("Jeton d’API").fill(demo_server.token)
+    page.screenshot(path=shots / "signin-fr.png")
+    page.get_by_role("button", name="Se connecter").click()
+    # Back where they were, signed in; the token is out of reach of scripts.
+    expect(page).to_have_url(demo_server.url + "/sql")
+    expect(page.locator(".who")).to_have_text("operator")
+    assert page.evaluate("document.cookie").find("khazna_token") == -1
+    page.get_by_role("button", name="Se déconnecter").click()
+    expect(page.get_by_role("link", name="Se connecter")).to_be_visible()
+    assert [c["name"] for c in page.context.cookies()] == ["khazna_lang"]
     page.context.close()

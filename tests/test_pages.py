@@ -478,3 +478,80 @@ def test_the_dataset_page_says_where_its_data_is_stored(
     assert where in fr
     assert "الولاية القضائية: المغرب" in ar
     assert "On the hub's own disks, jurisdiction: Morocco.\n</p>" in free
+
+
+# signing in --------------------------------------------------------------------------
+
+
+def test_signing_in_keeps_the_token_in_a_strict_cookie_for_the_pages_only(
+    restricted: Api,
+) -> None:
+    api = restricted
+    assert api.http.get(RESTRICTED_PREVIEW).status_code == 401
+    form = api.http.get("/signin", params={"next": RESTRICTED_PREVIEW, "lang": "en"})
+    assert '<label for="token">API token</label>' in form.text
+    assert f'<input type="hidden" name="next" value="{RESTRICTED_PREVIEW}">' in form.text
+    signed = api.http.post(
+        "/signin",
+        data={"token": api.editor, "next": RESTRICTED_PREVIEW},
+        follow_redirects=False,
+    )
+    assert (signed.status_code, signed.headers["location"]) == (303, RESTRICTED_PREVIEW)
+    cookie = signed.headers["set-cookie"]
+    assert cookie.startswith(f"khazna_token={api.editor};")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    page = api.http.get(RESTRICTED_PREVIEW, params={"lang": "en"})
+    assert page.status_code == 200
+    assert '<span class="who">nadia</span> <button type="submit">Sign out</button>' in page.text
+    # The API answers to the Authorization header alone.
+    rows = f"/api/v1/tables/{ORG}/recensement/{REGIONS.name}/rows"
+    assert api.http.get(rows).status_code == 401
+    out = api.http.post("/signout", follow_redirects=False)
+    assert (out.status_code, out.headers["location"]) == (303, "/")
+    assert api.http.get(RESTRICTED_PREVIEW).status_code == 401
+
+
+def test_a_refused_token_is_said_on_the_sign_in_page(api: Api) -> None:
+    page = api.http.post("/signin?lang=fr", data={"token": "kz_nope", "next": "/"})
+    assert page.status_code == 401
+    assert "<h2>Ce jeton a été refusé</h2>" in page.text
+    assert "invalid or revoked API token" in page.text
+    assert "khazna_token" not in page.headers.get("set-cookie", "")
+
+
+def test_sign_in_never_sends_the_visitor_to_another_site(api: Api) -> None:
+    for target, expected in (
+        ("//evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("/\\evil.example", "/"),
+        ("/signin?next=/sql", "/"),
+        ("/search?q=gtfs", "/search?q=gtfs"),
+    ):
+        r = api.http.post(
+            "/signin", data={"token": api.outsider, "next": target}, follow_redirects=False
+        )
+        assert r.headers["location"] == expected, target
+
+
+def test_a_revoked_token_in_the_cookie_makes_the_visitor_anonymous_again(restricted: Api) -> None:
+    api = restricted
+    made = api.http.post("/api/v1/tokens", json={}, headers=api.auth(api.editor)).json()
+    api.http.post("/signin", data={"token": made["token"]})
+    assert api.http.get(RESTRICTED_PREVIEW).status_code == 200
+    revoked = api.http.delete(f"/api/v1/tokens/{made['id']}", headers=api.auth(api.editor))
+    assert revoked.status_code == 204
+    home = api.http.get("/", params={"lang": "en"})
+    assert home.status_code == 200
+    assert "Your sign-in has ended: its token was revoked or has expired." in home.text
+    assert api.http.get(RESTRICTED_PREVIEW).status_code == 401
+
+
+def test_another_sites_form_does_not_act_as_the_signed_in_visitor(restricted: Api) -> None:
+    api = restricted
+    api.http.post("/signin", data={"token": api.editor})
+    query = {"sql": f"SELECT count(*) FROM {RESTRICTED_SQL}"}
+    same = api.http.post("/sql", data=query, headers={"Origin": "http://testserver"})
+    assert same.status_code == 200
+    other = api.http.post("/sql", data=query, headers={"Origin": "https://evil.example"})
+    assert other.status_code == 400
+    assert "does not exist" in other.text

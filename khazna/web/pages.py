@@ -22,10 +22,10 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from khazna.access.accounts import Principal
-from khazna.api.deps import HubDep, Who, check_caller
+from khazna.api.deps import SESSION_COOKIE, HubDep, Who, check_caller
 from khazna.api.tables import ROW_PARAMS, open_query, read_table, row_limit, stream_result
 from khazna.catalog.names import pick_language
-from khazna.errors import BadRequest, TooLarge
+from khazna.errors import BadRequest, TooLarge, Unauthorized
 from khazna.hub import Hub
 from khazna.storage.blobstore import human_bytes
 from khazna.tables.query import OPERATORS
@@ -111,6 +111,8 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
             "human_bytes": human_bytes,
             "country": lambda code: i18n.country_name(code, lang),
             "url": url,
+            "me": getattr(request.state, "principal", None),
+            "session_ended": getattr(request.state, "session_ended", False),
             "here": lambda **changes: _with_params(request, **changes),
             **_gettext_functions(lang),
             **context,
@@ -288,3 +290,44 @@ async def download_sql(request: Request, who: Who, hub: HubDep) -> Response:
     result = await run_in_threadpool(open_query, request, who, hub, sql, fmt)
     disposition = {"Content-Disposition": f'attachment; filename="khazna-query.{fmt}"'}
     return stream_result(result, fmt, disposition)
+
+
+def _local_path(target: str | None) -> str:
+    """Where to go after signing in or out: a path of this hub, never another site."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\", "/signin")):
+        return target
+    return "/"
+
+
+@router.get("/signin", response_class=HTMLResponse)
+def signin_page(request: Request, next: str = "/") -> HTMLResponse:
+    return render(request, "signin.html", next=_local_path(next), error=None)
+
+
+@router.post("/signin")
+async def sign_in(request: Request, hub: HubDep) -> Response:
+    """Checks the token, then keeps it in an HttpOnly, SameSite=Strict cookie."""
+    form = await _form(request)
+    token, target = form.get("token", "").strip(), _local_path(form.get("next"))
+    try:
+        who = await run_in_threadpool(hub.accounts.authenticate, token) if token else None
+    except Unauthorized as exc:
+        return render(request, "signin.html", 401, next=target, error=exc.message)
+    if who is None:
+        return render(request, "signin.html", 400, next=target, error=None)
+    response = Response(status_code=303, headers={"Location": target})
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/signout")
+def sign_out(request: Request) -> Response:
+    response = Response(status_code=303, headers={"Location": "/"})
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
+    return response
