@@ -240,3 +240,38 @@ def test_an_operator_signs_in_with_a_token_and_out_again(
     expect(page.get_by_role("link", name="Se connecter")).to_be_visible()
     assert [c["name"] for c in page.context.cookies()] == ["khazna_lang"]
     page.context.close()
+
+
+def test_a_publisher_creates_a_dataset_and_uploads_a_file_with_a_progress_bar(
+    browser: Browser, demo_server: LiveServer, shots: Path, tmp_path: Path
+) -> None:
+    # 4 MiB of a real-looking table, so the upload takes more than one progress event.
+    data = tmp_path / "stations.csv"
+    rows = [f"{i},station-{i:07d},{30 + i % 7}.{i % 1000:03d}" for i in range(160_000)]
+    data.write_text("id,name,temperature\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    page = new_page(browser, "fr-FR")
+    page.goto(demo_server.url + "/signin")
+    page.get_by_label("Jeton d’API").fill(demo_server.token)
+    page.get_by_role("button", name="Se connecter").click()
+    page.get_by_role("link", name="Publier").click()
+    page.get_by_label("Organisation").select_option("demo")
+    page.get_by_label("Nom court (dans les adresses)").fill("stations-meteo")
+    page.locator("#p-title-fr").fill("Stations météo")
+    page.locator("#p-title-ar").fill("محطات الأرصاد الجوية")
+    page.get_by_label("Accès").select_option("public")
+    page.screenshot(path=shots / "publish-fr.png")
+    page.get_by_role("button", name="Créer le jeu de données").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Ajouter un fichier")
+
+    page.get_by_label("Fichier").set_input_files(data)
+    page.get_by_role("button", name="Envoyer").click()
+    expect(page.get_by_role("status")).to_have_text("Envoyé : version 1.")
+    assert page.locator("#u-progress").evaluate("e => e.value") == 100
+    page.screenshot(path=shots / "upload-fr.png")
+    page.get_by_role("link", name="Voir le jeu de données").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Stations météo")
+    files = page.get_by_role("region", name="Fichiers")
+    expect(files.get_by_role("link", name="stations.csv")).to_be_visible()
+    stored = httpx.get(f"{demo_server.url}/api/v1/datasets/demo/stations-meteo/files/stations.csv")
+    assert stored.content == data.read_bytes()
+    page.context.close()

@@ -284,7 +284,7 @@ def test_every_option_is_documented_with_its_default(name: str) -> None:
 WEB_MD = (DOCS / "web.md").read_text(encoding="utf-8")
 README = (REPO / "README.md").read_text(encoding="utf-8")
 # A row of the pages table: | `GET /datasets/{org}/{name}` | what it shows |
-_PAGE_ROW = re.compile(r"^\| `(GET|POST) (/[^`?]*)(?:\?[^`]*)?` \|", re.MULTILINE)
+_PAGE_ROW = re.compile(r"^\| `(GET|POST|PUT) (/[^`?]*)(?:\?[^`]*)?` \|", re.MULTILINE)
 
 
 def _page_routes() -> set[str]:

@@ -555,3 +555,99 @@ def test_another_sites_form_does_not_act_as_the_signed_in_visitor(restricted: Ap
     other = api.http.post("/sql", data=query, headers={"Origin": "https://evil.example"})
     assert other.status_code == 400
     assert "does not exist" in other.text
+
+
+# publishing --------------------------------------------------------------------------
+
+
+def test_publishing_asks_an_anonymous_visitor_to_sign_in(api: Api) -> None:
+    page = api.http.get("/publish", params={"lang": "en"})
+    assert page.status_code == 401
+    assert "Publishing needs an editor of an organization." in page.text
+    assert 'href="/signin?next=%2Fpublish&amp;lang=en">Sign in</a>' in page.text
+    sent = api.http.post("/publish", data={"org": ORG, "name": "x"})
+    assert sent.status_code == 401
+    assert api.http.get(f"/api/v1/datasets/{ORG}/x").status_code == 404
+
+
+def test_an_editor_creates_a_dataset_from_the_publish_page(api: Api) -> None:
+    other = {"name": "ailleurs", "title": "Ailleurs"}
+    assert api.http.post(
+        "/api/v1/organizations", json=other, headers=api.auth(api.admin)
+    ).is_success
+    api.http.post("/signin", data={"token": api.editor})
+    form = api.http.get("/publish", params={"lang": "fr"})
+    # Only the organizations the editor may publish in.
+    assert '<option value="ministere-sante">Ministère de la Santé</option>' in form.text
+    assert 'value="ailleurs"' not in form.text
+    sent = api.http.post(
+        "/publish?lang=ar",
+        data={
+            "org": ORG,
+            "name": "vaccins",
+            "title_fr": "Couverture vaccinale",
+            "title_ar": "التغطية باللقاحات",
+            "title_en": "",
+            "description_fr": "Par province.",
+            "tags": "sante, vaccins",
+            "license": "CC-BY-4.0",
+            "access": "registered",
+        },
+        follow_redirects=False,
+    )
+    assert (sent.status_code, sent.headers["location"]) == (
+        303,
+        f"/datasets/{ORG}/vaccins/upload?lang=ar",
+    )
+    made = api.http.get(f"/api/v1/datasets/{ORG}/vaccins", headers=api.auth(api.editor)).json()
+    assert {k: made[k] for k in ("title", "description", "tags", "license", "access")} == {
+        "title": {"fr": "Couverture vaccinale", "ar": "التغطية باللقاحات"},
+        "description": {"fr": "Par province."},
+        "tags": ["sante", "vaccins"],
+        "license": "CC-BY-4.0",
+        "access": "registered",
+    }
+    again = api.http.post("/publish?lang=en", data={"org": ORG, "name": "vaccins"})
+    assert again.status_code == 409
+    assert "<h2>The dataset was not created</h2>" in again.text
+    assert f"dataset {ORG}/vaccins already exists" in again.text
+
+
+def test_a_visitor_who_edits_nothing_cannot_publish(api: Api) -> None:
+    api.http.post("/signin", data={"token": api.outsider})
+    form = api.http.get("/publish", params={"lang": "en"})
+    assert "You are an editor of no organization yet" in form.text
+    sent = api.http.post("/publish", data={"org": ORG, "name": "intrus"})
+    assert sent.status_code == 403
+    assert api.http.get(f"/api/v1/datasets/{ORG}/intrus").status_code == 404
+
+
+def test_the_upload_page_sends_the_file_as_a_new_version(api: Api) -> None:
+    api.http.post(
+        "/api/v1/datasets", json={"org": ORG, "name": "chiffres"}, headers=api.auth(api.editor)
+    )
+    target = f"/datasets/{ORG}/chiffres/upload/{REGIONS.name}"
+    # Anonymous, or another site's script: refused, in JSON for the page's script.
+    for headers in (None, {"Origin": "https://evil.example"}):
+        if headers:
+            api.http.post("/signin", data={"token": api.editor})
+        r = api.http.put(target, content=REGIONS.read_bytes(), headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "unauthorized"
+    assert api.http.get(f"/datasets/{ORG}/chiffres/upload").status_code == 200
+    sent = api.http.put(target, content=REGIONS.read_bytes())
+    assert sent.status_code == 200
+    assert {k: sent.json()[k] for k in ("name", "size", "version")} == {
+        "name": REGIONS.name,
+        "size": 954,
+        "version": 1,
+    }
+    page = api.http.get(f"/datasets/{ORG}/chiffres", params={"lang": "en"})
+    assert f'<a href="/datasets/{ORG}/chiffres/upload?lang=en">Add a file</a>' in page.text
+    entry = api.http.get("/api/v1/audit", params={"limit": 1}, headers=api.auth(api.admin)).json()[
+        "entries"
+    ][0]
+    assert (entry["action"], entry["actor"], entry["version"]) == ("upload", "nadia", 1)
+    api.http.post("/signin", data={"token": api.outsider})
+    assert api.http.get(f"/datasets/{ORG}/chiffres/upload").status_code == 403
+    assert "Add a file" not in api.http.get(f"/datasets/{ORG}/chiffres").text

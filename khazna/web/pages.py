@@ -22,10 +22,12 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from khazna.access.accounts import Principal
+from khazna.access.policy import LEVELS, WRITER_ROLES
 from khazna.api.deps import SESSION_COOKIE, HubDep, Who, check_caller
+from khazna.api.routes import DatasetIn, create_dataset_as, receive_file
 from khazna.api.tables import ROW_PARAMS, open_query, read_table, row_limit, stream_result
 from khazna.catalog.names import pick_language
-from khazna.errors import BadRequest, TooLarge, Unauthorized
+from khazna.errors import BadRequest, KhaznaError, TooLarge, Unauthorized
 from khazna.hub import Hub
 from khazna.storage.blobstore import human_bytes
 from khazna.tables.query import OPERATORS
@@ -39,7 +41,7 @@ templates.env.add_extension("jinja2.ext.i18n")
 templates.env.newstyle_gettext = True  # type: ignore[attr-defined]
 templates.env.policies["ext.i18n.trimmed"] = True
 
-PAGE_PREFIXES = ("/search", "/organizations/", "/datasets/", "/sql")
+PAGE_PREFIXES = ("/search", "/organizations/", "/datasets/", "/sql", "/signin", "/publish")
 PREVIEW_ROWS = 50
 # The preview page's own parameters, which are not filters on the table's columns.
 FILTER_FORM = ("_column", "_op", "_value")
@@ -49,8 +51,9 @@ SHOWN_SQL_ROWS = 1000
 
 
 def is_page(request: Request) -> bool:
+    """Whether an error answers as a page; the upload page's PUT (a script's) gets JSON."""
     path = request.url.path
-    return path == "/" or path.startswith(PAGE_PREFIXES)
+    return request.method != "PUT" and (path == "/" or path.startswith(PAGE_PREFIXES))
 
 
 def language(request: Request) -> str:
@@ -172,7 +175,22 @@ def dataset_page(request: Request, org: str, name: str, who: Who, hub: HubDep) -
     dataset = hub.tables.annotate(hub.catalog.dataset(who, org, name))
     readable = hub.catalog.can_read(who, org, name)
     history = hub.catalog.versions(who, org, name) if readable else []
-    return render(request, "dataset.html", d=dataset, versions=history, readable=readable)
+    return render(
+        request,
+        "dataset.html",
+        d=dataset,
+        versions=history,
+        readable=readable,
+        writable=who.authenticated and _writable(who, hub, org, name),
+    )
+
+
+def _writable(who: Principal, hub: Hub, org: str, name: str) -> bool:
+    try:
+        hub.catalog.check_writable(who, org, name)
+    except KhaznaError:
+        return False
+    return True
 
 
 @router.get("/datasets/{org}/{name}/tables/{file}", response_class=HTMLResponse)
@@ -331,3 +349,94 @@ def sign_out(request: Request) -> Response:
     response = Response(status_code=303, headers={"Location": "/"})
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")
     return response
+
+
+# publishing --------------------------------------------------------------------------
+
+_TEXT_FIELDS = ("title", "description")
+
+
+def _writable_organizations(who: Principal, hub: Hub) -> list[dict[str, Any]]:
+    """The organizations the caller may create datasets in (the catalog checks again)."""
+    roles = hub.catalog.roles_by_name(who)
+    return [
+        o
+        for o in hub.catalog.organizations()
+        if who.is_admin or roles.get(o["name"]) in WRITER_ROLES
+    ]
+
+
+def _publish_form(
+    request: Request,
+    who: Principal,
+    hub: Hub,
+    status: int = 200,
+    form: dict[str, str] | None = None,
+    error: str | None = None,
+) -> HTMLResponse:
+    return render(
+        request,
+        "publish.html",
+        status,
+        form=form or {"access": "public"},
+        error=error,
+        organizations=_writable_organizations(who, hub) if who.authenticated else [],
+        levels=LEVELS,
+        signed_in=who.authenticated,
+    )
+
+
+@router.get("/publish", response_class=HTMLResponse)
+def publish_page(request: Request, who: Who, hub: HubDep) -> HTMLResponse:
+    """The form that creates a dataset; it asks an anonymous visitor to sign in first."""
+    return _publish_form(request, who, hub, 200 if who.authenticated else 401)
+
+
+@router.post("/publish", response_class=HTMLResponse)
+async def publish(request: Request, who: Who, hub: HubDep) -> Response:
+    """Creates the dataset as ``POST /api/v1/datasets`` does, then opens its upload page."""
+    form = await _form(request)
+    if not who.authenticated:
+        return _publish_form(request, who, hub, 401, form)
+    texts = {
+        field: {
+            lang: form[f"{field}_{lang}"].strip()
+            for lang in i18n.LANGUAGES
+            if form.get(f"{field}_{lang}", "").strip()
+        }
+        for field in _TEXT_FIELDS
+    }
+    body = DatasetIn(
+        org=form.get("org", ""),
+        name=form.get("name", "").strip(),
+        title=texts["title"] or None,
+        description=texts["description"] or None,
+        tags=[t.strip() for t in form.get("tags", "").split(",") if t.strip()] or None,
+        license=form.get("license", "").strip() or None,
+        access=form.get("access", "public"),
+    )
+    try:
+        created = await run_in_threadpool(create_dataset_as, request, who, hub, body)
+    except KhaznaError as exc:
+        if exc.status >= 500:
+            raise
+        return _publish_form(request, who, hub, exc.status, form, exc.message)
+    target = f"/datasets/{created['org']}/{created['name']}/upload?lang={language(request)}"
+    return Response(status_code=303, headers={"Location": target})
+
+
+@router.get("/datasets/{org}/{name}/upload", response_class=HTMLResponse)
+def upload_page(request: Request, org: str, name: str, who: Who, hub: HubDep) -> HTMLResponse:
+    """A file chooser and a progress bar; a small script sends the file (no form can show
+    the progress of an upload)."""
+    hub.catalog.check_writable(who, org, name)
+    return render(request, "upload.html", d=hub.catalog.dataset(who, org, name))
+
+
+@router.put("/datasets/{org}/{name}/upload/{file}")
+async def upload_from_page(
+    request: Request, org: str, name: str, file: str, who: Who, hub: HubDep
+) -> dict[str, Any]:
+    """The upload page's script sends the file here: ``PUT /api/v1/datasets/.../files/...``
+    for the signed-in visitor."""
+    return await receive_file(request, who, hub, org, name, file)
