@@ -1,7 +1,9 @@
-"""Server-rendered pages: home, search, organization, dataset, table preview, SQL.
+"""Server-rendered pages: home, search, organization, dataset, table preview, SQL, sign-in,
+and the publisher's dataset form and upload page.
 
-Every page reads through the same calls as the REST API (catalog, search, the rows and SQL
-steps of ``khazna.api.tables``), so an access level holds on a page exactly as in the API.
+Every page reads and writes through the same calls as the REST API (catalog, search, the
+rows and SQL steps of ``khazna.api.tables``, dataset creation and file reception of
+``khazna.api.routes``), so an access level holds on a page exactly as in the API.
 The language is ``?lang=fr|ar|en`` (remembered in a cookie), else ``Accept-Language``, else
 French; every sentence comes from the gettext catalogs of ``khazna.web.i18n``.
 """
