@@ -651,3 +651,35 @@ def test_the_upload_page_sends_the_file_as_a_new_version(api: Api) -> None:
     api.http.post("/signin", data={"token": api.outsider})
     assert api.http.get(f"/datasets/{ORG}/chiffres/upload").status_code == 403
     assert "Add a file" not in api.http.get(f"/datasets/{ORG}/chiffres").text
+
+
+# the audit log -----------------------------------------------------------------------
+
+
+def test_the_audit_page_shows_what_the_audit_api_gives_the_same_caller(restricted: Api) -> None:
+    api = restricted
+    api.http.get(RESTRICTED_PREVIEW, params={"sort": "-code"}, headers=api.auth(api.editor))
+    mine = {"dataset": f"{ORG}/recensement", "lang": "en"}
+    for headers, status in ((None, 401), (api.auth(api.outsider), 403)):
+        page = api.http.get("/audit", params=mine, headers=headers)
+        through_api = api.http.get("/api/v1/audit", params=mine, headers=headers)
+        assert (page.status_code, through_api.status_code) == (status, status)
+    page = api.http.get("/audit", params=mine, headers=api.auth(api.editor))
+    expected = api.http.get(
+        "/api/v1/audit", params={**mine, "limit": 50}, headers=api.auth(api.editor)
+    ).json()
+    assert page.status_code == 200
+    assert f'<p role="status">{expected["count"]} entries</p>' in page.text
+    assert page.text.count("<tr><td>") == len(expected["entries"]) == expected["count"]
+    newest = expected["entries"][0]
+    assert newest["action"] == "rows"
+    row = page.text.split(f"<tr><td>{newest['seq']}</td>")[1].split("</tr>")[0]
+    assert '<td dir="auto">nadia</td><td><code dir="ltr">rows</code></td>' in row
+    assert (
+        '<code dir="ltr">{&#34;file&#34;: &#34;morocco_regions_rgph2024.csv&#34;, '
+        "&#34;query&#34;: &#34;sort=-code&#34;, "
+        f"&#34;sql_name&#34;: &#34;{RESTRICTED_SQL}&#34;}}</code>"
+    ) in row
+    dataset = api.http.get(f"/datasets/{ORG}/recensement", headers=api.auth(api.editor))
+    # (in English: the language chosen above is remembered)
+    assert f'href="/audit?dataset={ORG}%2Frecensement&amp;lang=en">Audit log</a>' in dataset.text

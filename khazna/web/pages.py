@@ -10,6 +10,7 @@ French; every sentence comes from the gettext catalogs of ``khazna.web.i18n``.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,7 +44,16 @@ templates.env.add_extension("jinja2.ext.i18n")
 templates.env.newstyle_gettext = True  # type: ignore[attr-defined]
 templates.env.policies["ext.i18n.trimmed"] = True
 
-PAGE_PREFIXES = ("/search", "/organizations/", "/datasets/", "/sql", "/signin", "/publish")
+PAGE_PREFIXES = (
+    "/search",
+    "/organizations/",
+    "/datasets/",
+    "/sql",
+    "/signin",
+    "/publish",
+    "/audit",
+)
+AUDIT_PAGE = 50
 PREVIEW_ROWS = 50
 # The preview page's own parameters, which are not filters on the table's columns.
 FILTER_FORM = ("_column", "_op", "_value")
@@ -442,3 +452,38 @@ async def upload_from_page(
     """The upload page's script sends the file here: ``PUT /api/v1/datasets/.../files/...``
     for the signed-in visitor."""
     return await receive_file(request, who, hub, org, name, file)
+
+
+# the audit log -----------------------------------------------------------------------
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(
+    request: Request,
+    who: Who,
+    hub: HubDep,
+    dataset: str | None = None,
+    org: str | None = None,
+    action: str | None = None,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+) -> HTMLResponse:
+    """The entries ``GET /api/v1/audit`` gives the caller, newest first, 50 a page."""
+    found = hub.audit.entries(
+        who,
+        dataset=dataset or None,
+        org=org or None,
+        action=action or None,
+        limit=AUDIT_PAGE,
+        offset=offset,
+    )
+    return render(
+        request,
+        "audit.html",
+        found=found,
+        dataset=dataset or "",
+        org=org or "",
+        action=action or "",
+        offset=offset,
+        limit=AUDIT_PAGE,
+        as_json=lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True),
+    )
