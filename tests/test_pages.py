@@ -683,3 +683,64 @@ def test_the_audit_page_shows_what_the_audit_api_gives_the_same_caller(restricte
     dataset = api.http.get(f"/datasets/{ORG}/recensement", headers=api.auth(api.editor))
     # (in English: the language chosen above is remembered)
     assert f'href="/audit?dataset={ORG}%2Frecensement&amp;lang=en">Audit log</a>' in dataset.text
+
+
+# access requests ---------------------------------------------------------------------
+
+
+def test_a_reader_asks_for_access_and_the_publisher_approves_it_on_the_pages(
+    restricted: Api,
+) -> None:
+    api = restricted
+    page = api.http.get(f"/datasets/{ORG}/recensement", params={"lang": "en"})
+    assert "Sign in to ask for access</a>" in page.text
+    assert api.http.get("/requests").status_code == 401
+    api.http.post("/signin", data={"token": api.outsider})
+    page = api.http.get(f"/datasets/{ORG}/recensement")
+    assert '<label for="purpose">Ask for access: what will you do with this data?</label>' in (
+        page.text
+    )
+    asked = api.http.post(
+        f"/datasets/{ORG}/recensement/access-request",
+        data={"purpose": "thèse sur les ménages"},
+        follow_redirects=False,
+    )
+    assert (asked.status_code, asked.headers["location"]) == (303, "/requests?lang=en")
+    mine = api.http.get("/requests")
+    assert '<td dir="auto">thèse sur les ménages</td>\n<td>pending</td>' in mine.text
+    again = api.http.post(f"/datasets/{ORG}/recensement/access-request", data={"purpose": "x"})
+    assert again.status_code == 409
+    # Deciding is the publisher's: the reader is refused as by the API.
+    approve = f"/datasets/{ORG}/recensement/access-requests/startup/approve"
+    assert api.http.post(approve, data={"until": ""}).status_code == 403
+
+    api.http.post("/signin", data={"token": api.editor})
+    inbox = api.http.get("/requests", params={"lang": "fr"})
+    assert '<h2 id="inbox">Pour les jeux de données que vous publiez</h2>' in inbox.text
+    assert '<td dir="auto">startup</td>' in inbox.text
+    done = api.http.post(approve, data={"until": "2999-12-31"}, follow_redirects=False)
+    assert (done.status_code, done.headers["location"]) == (303, "/requests?lang=fr")
+    through_api = api.http.get(
+        f"/api/v1/datasets/{ORG}/recensement/access-requests", headers=api.auth(api.editor)
+    ).json()["requests"]
+    assert [(r["user"], r["state"], r["expires_at"]) for r in through_api] == [
+        ("startup", "approved", "3000-01-01T00:00:00Z")
+    ]
+    # The reader now reads the table.
+    api.http.post("/signin", data={"token": api.outsider})
+    assert api.http.get(RESTRICTED_PREVIEW).status_code == 200
+
+    api.http.post("/signin", data={"token": api.editor})
+    refuse = f"/datasets/{ORG}/recensement/access-requests/startup/refuse"
+    assert api.http.post(refuse, data={"reason": "données nominatives"}).status_code == 200
+    api.http.post("/signin", data={"token": api.outsider})
+    assert api.http.get(RESTRICTED_PREVIEW).status_code == 403
+    mine = api.http.get("/requests", params={"lang": "en"})
+    assert '<td>refused: <span dir="auto">données nominatives</span></td>' in mine.text
+    actions = [
+        e["action"]
+        for e in api.http.get(
+            "/api/v1/audit", params={"action": "access.request"}, headers=api.auth(api.admin)
+        ).json()["entries"]
+    ]
+    assert actions == ["access.request"]

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from khazna.access.accounts import Principal
 from khazna.access.policy import LEVELS, WRITER_ROLES
+from khazna.api.access import approve_as, ask_access_as, refuse_as
 from khazna.api.deps import SESSION_COOKIE, HubDep, Who, check_caller
 from khazna.api.routes import DatasetIn, create_dataset_as, receive_file
 from khazna.api.tables import ROW_PARAMS, open_query, read_table, row_limit, stream_result
@@ -52,6 +53,7 @@ PAGE_PREFIXES = (
     "/signin",
     "/publish",
     "/audit",
+    "/requests",
 )
 AUDIT_PAGE = 50
 PREVIEW_ROWS = 50
@@ -487,3 +489,43 @@ def audit_page(
         limit=AUDIT_PAGE,
         as_json=lambda value: json.dumps(value, ensure_ascii=False, sort_keys=True),
     )
+
+
+# access requests ---------------------------------------------------------------------
+
+
+@router.get("/requests", response_class=HTMLResponse)
+def requests_page(request: Request, who: Who, hub: HubDep) -> HTMLResponse:
+    """The requests for the datasets the caller publishes, to decide, and the caller's own."""
+    inbox = hub.access_requests.inbox(who)
+    return render(request, "requests.html", inbox=inbox, mine=hub.access_requests.mine(who))
+
+
+def _back_to_requests(request: Request) -> Response:
+    return Response(status_code=303, headers={"Location": f"/requests?lang={language(request)}"})
+
+
+@router.post("/datasets/{org}/{name}/access-request")
+async def ask_access_page(request: Request, org: str, name: str, who: Who, hub: HubDep) -> Response:
+    """A restricted dataset page's form: asks as ``POST .../access-requests`` does."""
+    purpose = (await _form(request)).get("purpose", "")
+    await run_in_threadpool(ask_access_as, request, who, hub, org, name, purpose)
+    return _back_to_requests(request)
+
+
+@router.post("/datasets/{org}/{name}/access-requests/{user}/approve")
+async def approve_page(
+    request: Request, org: str, name: str, user: str, who: Who, hub: HubDep
+) -> Response:
+    until = (await _form(request)).get("until", "").strip() or None
+    await run_in_threadpool(approve_as, request, who, hub, org, name, user, until)
+    return _back_to_requests(request)
+
+
+@router.post("/datasets/{org}/{name}/access-requests/{user}/refuse")
+async def refuse_page(
+    request: Request, org: str, name: str, user: str, who: Who, hub: HubDep
+) -> Response:
+    reason = (await _form(request)).get("reason", "")
+    await run_in_threadpool(refuse_as, request, who, hub, org, name, user, reason)
+    return _back_to_requests(request)
