@@ -7,7 +7,7 @@ KHAZNA_HOME ?= ./khazna-data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check lint typecheck install clean
+.PHONY: run test check lint typecheck install clean messages screenshots
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Khazna needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -32,6 +32,20 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy khazna
+
+# After changing the pages' text: extract their strings (rules in khazna/web/babel.cfg) and
+# merge them into the three catalogs; then translate the new, empty entries of
+# khazna/web/locale/{fr,ar,en}/LC_MESSAGES/messages.po (tests/test_i18n.py says which).
+LOCALE := khazna/web/locale
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F khazna/web/babel.cfg -o $(LOCALE)/messages.pot \
+		--no-location --omit-header --sort-output --width=100 .
+	$(BIN)/pybabel update -i $(LOCALE)/messages.pot -d $(LOCALE) \
+		--no-fuzzy-matching --ignore-obsolete --width=100
+
+# The README's pictures: the browser tests, saving each page they see into docs/screenshots.
+screenshots: $(STAMP)
+	SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_browser.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

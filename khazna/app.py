@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from khazna import __version__
 from khazna.api import access, audit, errors, routes, tables
@@ -34,11 +35,12 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         openapi_url="/api/v1/openapi.json",
     )
     app.state.hub = the_hub
-    errors.install(app)
+    errors.install(app, pages.error_page, pages.is_page)
     app.include_router(routes.router)
     app.include_router(tables.router)
     app.include_router(access.router)
     app.include_router(audit.router)
     app.add_api_route("/health", routes.health, include_in_schema=False)
     app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

@@ -268,8 +268,10 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     preexec: Callable[[], None] | None = None,
     token: str | None = None,
+    demo: bool = False,
 ) -> LiveServer:
-    """Run `khazna serve` on ``home``; creates an admin "operator" unless given its token."""
+    """Run `khazna serve` on ``home`` (``--demo``: with the demo datasets); creates an admin
+    "operator" unless given its token."""
     env = {**os.environ, "KHAZNA_HOME": str(home), **database_for(home), **(extra_env or {})}
     if token is None:
         out = subprocess.run(
@@ -283,7 +285,7 @@ def start_server(
     port = free_port()
     log = open(home / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(
-        khazna_cmd("serve", "--port", str(port)),
+        khazna_cmd("serve", "--port", str(port), *(["--demo"] if demo else [])),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -277,3 +277,35 @@ def test_every_option_is_documented_with_its_default(name: str) -> None:
             assert len(rows) == 1, f"{name}: one table row for {param.opts[-1]}"
             row = rows[0]
             assert f"| `{param.default}` |" in row, f"{name}: default of {param.opts[-1]}"
+
+
+# web.md and the README's pictures -----------------------------------------------------
+
+WEB_MD = (DOCS / "web.md").read_text(encoding="utf-8")
+README = (REPO / "README.md").read_text(encoding="utf-8")
+# A row of the pages table: | `GET /datasets/{org}/{name}` | what it shows |
+_PAGE_ROW = re.compile(r"^\| `(GET|POST|PUT) (/[^`?]*)(?:\?[^`]*)?` \|", re.MULTILINE)
+
+
+def _page_routes() -> set[str]:
+    from khazna.web import pages
+
+    return {
+        f"{method} {route.path}"
+        for route in pages.router.routes
+        for method in getattr(route, "methods", ())
+        if method != "HEAD"
+    }
+
+
+def test_every_page_is_documented_and_every_documented_page_exists() -> None:
+    documented = {f"{m} {p}" for m, p in _PAGE_ROW.findall(WEB_MD)}
+    assert {"GET /", "POST /sql"} <= documented  # the scan works
+    assert sorted(_page_routes() ^ documented) == []
+
+
+def test_the_readme_shows_every_screenshot_and_only_existing_ones() -> None:
+    shown = set(re.findall(r"\(docs/screenshots/([\w.-]+\.png)\)", README))
+    on_disk = {p.name for p in (DOCS / "screenshots").glob("*.png")}
+    assert len(on_disk) >= 6
+    assert sorted(shown ^ on_disk) == []

@@ -12,6 +12,7 @@ from khazna import db
 from khazna.access.accounts import Principal, parse_expiry
 from khazna.api.deps import HubDep, Who, check_caller, record
 from khazna.errors import BadRequest, Forbidden, Unauthorized
+from khazna.hub import Hub
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_caller)])
 
@@ -97,8 +98,16 @@ def revoke_token(token_id: int, who: Who, hub: HubDep) -> Response:
 def ask_access(
     org: str, name: str, body: AccessRequestIn, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
-    asked = hub.access_requests.ask(who, org, name, body.purpose)
-    record(request, who, "access.request", org=org, dataset=name, detail={"purpose": body.purpose})
+    return ask_access_as(request, who, hub, org, name, body.purpose)
+
+
+def ask_access_as(
+    request: Request, who: Principal, hub: Hub, org: str, name: str, purpose: str
+) -> dict[str, Any]:
+    """The caller's request for a restricted dataset, logged; the API and the dataset page
+    share it."""
+    asked = hub.access_requests.ask(who, org, name, purpose)
+    record(request, who, "access.request", org=org, dataset=name, detail={"purpose": purpose})
     return asked
 
 
@@ -113,7 +122,20 @@ def dataset_access_requests(
 def approve_access(
     org: str, name: str, user: str, body: ApprovalIn, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
-    until = None if body.until is None else parse_expiry(body.until, "until")
+    return approve_as(request, who, hub, org, name, user, body.until)
+
+
+def approve_as(
+    request: Request,
+    who: Principal,
+    hub: Hub,
+    org: str,
+    name: str,
+    user: str,
+    until_text: str | None,
+) -> dict[str, Any]:
+    """Approve, logged; the API and the access-requests page share it."""
+    until = None if until_text is None else parse_expiry(until_text, "until")
     approved = hub.access_requests.approve(who, org, name, user, until)
     detail = {"user": user, "until": None if until is None else until.isoformat()}
     record(request, who, "access.approve", org=org, dataset=name, detail=detail)
@@ -124,8 +146,15 @@ def approve_access(
 def refuse_access(
     org: str, name: str, user: str, body: RefusalIn, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
-    refused = hub.access_requests.refuse(who, org, name, user, body.reason)
-    detail = {"user": user, "reason": body.reason}
+    return refuse_as(request, who, hub, org, name, user, body.reason)
+
+
+def refuse_as(
+    request: Request, who: Principal, hub: Hub, org: str, name: str, user: str, reason: str
+) -> dict[str, Any]:
+    """Refuse, logged; the API and the access-requests page share it."""
+    refused = hub.access_requests.refuse(who, org, name, user, reason)
+    detail = {"user": user, "reason": reason}
     record(request, who, "access.refuse", org=org, dataset=name, detail=detail)
     return refused
 

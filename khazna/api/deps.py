@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
@@ -11,7 +12,10 @@ from khazna.errors import Forbidden, Unauthorized
 from khazna.hub import Hub
 
 # Calls that change nothing though they are not GET: a read-only token may make them.
-READING_POSTS = {"/api/v1/sql"}
+READING_POSTS = {"/api/v1/sql", "/sql", "/sql/download", "/signin", "/signout"}
+# The web pages' sign-in: the token, in an HttpOnly, SameSite=Strict cookie. Only the pages
+# read it; the API answers to the Authorization header alone.
+SESSION_COOKIE = "khazna_token"
 _READING_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
@@ -21,19 +25,47 @@ def get_hub(request: Request) -> Hub:
 
 
 def get_principal(request: Request) -> Principal:
-    """The caller behind ``Authorization: Bearer TOKEN``; anonymous without the header.
+    """The caller behind ``Authorization: Bearer TOKEN``; without the header, on a web page,
+    the one signed in with the session cookie; else anonymous.
 
     A header with a wrong, expired or revoked token is refused outright rather than treated
     as anonymous, so a client with a typo learns it at once.
     """
     header = request.headers.get("authorization")
     if not header:
-        return ANONYMOUS
+        return _signed_in(request)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("the Authorization header must be 'Bearer TOKEN'")
     who = get_hub(request).accounts.authenticate(token.strip())
     # For the audit entry of a refusal, which the error handler writes.
+    request.state.principal = who
+    return who
+
+
+def _signed_in(request: Request) -> Principal:
+    """A web page's caller: the token of the sign-in cookie, if it is still good.
+
+    A revoked or expired token there makes the visitor anonymous again (the page says so)
+    rather than refusing every page, the sign-in page included.
+    """
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token or request.url.path.startswith("/api/"):
+        return ANONYMOUS
+    origin = request.headers.get("origin")
+    if (
+        request.method not in _READING_METHODS
+        and origin is not None
+        and urlsplit(origin).netloc != request.headers.get("host")
+    ):
+        # Another site's form posting here does not act as the visitor (SameSite=Strict
+        # already keeps the cookie from it; this holds for browsers that ignore SameSite).
+        return ANONYMOUS
+    try:
+        who = get_hub(request).accounts.authenticate(token)
+    except Unauthorized:
+        request.state.session_ended = True
+        return ANONYMOUS
     request.state.principal = who
     return who
 

@@ -1,8 +1,10 @@
-"""Every error leaves the hub as JSON ``{"error": {"code", "message", ...}}``."""
+"""Every error leaves the hub as JSON ``{"error": {"code", "message", ...}}``, but on the web
+pages, which answer with an HTML page of the same status instead."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -71,9 +73,24 @@ def _record_refusal(request: Request, exc: KhaznaError) -> None:
     )
 
 
-def install(app: FastAPI) -> None:
+# (request, status, message, headers) -> the page that says so.
+PageError = Callable[[Request, int, str, dict[str, str] | None], Response]
+
+
+def install(
+    app: FastAPI,
+    page_error: PageError | None = None,
+    is_page: Callable[[Request], bool] = lambda _: False,
+) -> None:
+    def answer(
+        request: Request, status: int, code: str, message: str, headers: dict[str, str] | None
+    ) -> Response:
+        if page_error is not None and is_page(request):
+            return page_error(request, status, message, headers)
+        return error_response(status, code, message, headers)
+
     @app.exception_handler(KhaznaError)
-    async def _khazna(request: Request, exc: KhaznaError) -> JSONResponse:
+    async def _khazna(request: Request, exc: KhaznaError) -> Response:
         if isinstance(exc, Unauthorized | Forbidden) or (
             isinstance(exc, OverQuota) and exc.log_unlogged is not None
         ):
@@ -85,18 +102,19 @@ def install(app: FastAPI) -> None:
             headers = {"Retry-After": str(exc.details["retry_after"])}
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
+        if page_error is not None and is_page(request):
+            return page_error(request, exc.status, exc.message, headers)
         return error_response(exc.status, exc.code, exc.message, headers, **exc.details)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, "bad_request", _describe_validation(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        return answer(request, 400, "bad_request", _describe_validation(exc), None)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "error")
-        return error_response(
-            exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None
-        )
+        headers = dict(exc.headers) if exc.headers else None
+        return answer(request, exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(_: Request, exc: ClientDisconnect) -> Response:

@@ -11,11 +11,13 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from khazna import __version__
+from khazna.access.accounts import Principal
 from khazna.api.bodies import body_chunks, header_text
 from khazna.api.deps import HubDep, Who, check_caller, quota_key, record
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
+from khazna.hub import Hub
 from khazna.storage.blobstore import too_large
 from khazna.tables.registry import options_key, parse_table_options
 
@@ -126,6 +128,13 @@ def _summary(d: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/datasets", status_code=201, tags=["datasets"])
 def create_dataset(body: DatasetIn, request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
+    return create_dataset_as(request, who, hub, body)
+
+
+def create_dataset_as(
+    request: Request, who: Principal, hub: Hub, body: DatasetIn
+) -> dict[str, Any]:
+    """Create the dataset and log it; the API and the publisher's page share it."""
     created = hub.catalog.create_dataset(
         who,
         body.org,
@@ -208,6 +217,14 @@ async def upload_file(
     A table file (CSV, TSV, XLSX, JSON, NDJSON, Parquet) is then ingested by a job, whose id
     the answer gives; ``?encoding=&delimiter=&header=&sheet=`` say how to read it.
     """
+    return await receive_file(request, who, hub, org, name, file)
+
+
+async def receive_file(
+    request: Request, who: Principal, hub: Hub, org: str, name: str, file: str
+) -> dict[str, Any]:
+    """The body of ``request`` as the new version's ``file``, logged; the API and the
+    publisher's upload page share it."""
     check_file_name(file)
     options = parse_table_options(request.query_params)
     await run_in_threadpool(hub.catalog.check_writable, who, org, name)

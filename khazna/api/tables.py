@@ -16,7 +16,6 @@ from khazna.errors import NotFound
 from khazna.hub import Hub
 from khazna.tables.query import (
     QueryResult,
-    QuerySlot,
     Sandbox,
     TableRef,
     parse_filters,
@@ -61,16 +60,53 @@ def table_rows(
 ) -> JSONResponse:
     """Rows of a table: ``col=value`` and ``col__gt|gte|lt|lte|ne|contains|in|isnull``
     filters, ``sort=col`` or ``-col``, ``limit/offset``, or keyset paging with ``next``."""
-    table, _, number = hub.tables.table(who, org, name, file, version)
-    filters = parse_filters(request.query_params.multi_items(), ROW_PARAMS)
+    page, _, _ = read_table(
+        request,
+        who,
+        hub,
+        org,
+        name,
+        file,
+        limit=limit,
+        offset=offset,
+        sort=sort,
+        cursor=next,
+        version=version,
+        reserved=ROW_PARAMS,
+    )
+    return JSONResponse(page)
+
+
+def read_table(
+    request: Request,
+    who: Principal,
+    hub: Hub,
+    org: str,
+    name: str,
+    file: str,
+    *,
+    limit: int,
+    offset: int,
+    sort: str | None,
+    cursor: str | None,
+    version: int | None,
+    reserved: set[str],
+) -> tuple[dict[str, Any], TableRef, Any]:
+    """A page of rows for the caller, filtered by the query string's other parameters, with
+    its audit entry; the table and its asset too. The rows API and the preview page share it.
+    """
+    table, asset, number = hub.tables.table(who, org, name, file, version)
+    filters = parse_filters(request.query_params.multi_items(), reserved)
     slot = hub.query_slots.take()
     try:
-        page = read_rows(table, limit=limit, offset=offset, sort=sort, filters=filters, cursor=next)
+        page = read_rows(
+            table, limit=limit, offset=offset, sort=sort, filters=filters, cursor=cursor
+        )
     finally:
         slot.release()
     detail = {"file": file, "sql_name": table.sql_name, "query": request.url.query}
     record(request, who, "rows", org=org, dataset=name, version=number, detail=detail)
-    return JSONResponse(page)
+    return page, table, asset
 
 
 @router.get("/tables/{org}/{name}/{file}/schema", tags=["tables"])
@@ -146,36 +182,52 @@ def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
     ``application/vnd.apache.arrow.stream`` streams that format instead of JSON.
     """
     fmt = _negotiate(request.headers.get("accept", "application/json"))
-    names = referenced_tables(body.sql)
-    tables = hub.tables.readable(who, names)
+    result = open_query(request, who, hub, body.sql, fmt)
+    if fmt == "json":
+        try:
+            # Rows are JSON-ready already: skip FastAPI's encoder, costly on many rows.
+            return JSONResponse(result.json(row_limit(hub, body.limit)))
+        finally:
+            result.close()
+    return stream_result(result, fmt)
+
+
+def open_query(request: Request, who: Principal, hub: Hub, sql: str, fmt: str) -> QueryResult:
+    """Run ``sql`` in the sandbox over the tables the caller may read, and log it; the
+    caller closes the result. ``POST /api/v1/sql`` and the SQL page share it."""
+    tables = hub.tables.readable(who, referenced_tables(sql))
     settings = hub.settings
     sandbox = Sandbox(
         tables, timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit
     )
-    # Held until the last row is sent: a streamed answer is still running DuckDB.
+    # Held until the result is closed: a streamed answer is still running DuckDB.
     slot = hub.query_slots.take()
     try:
-        result: QueryResult = sandbox.run(body.sql)
+        result: QueryResult = sandbox.run(sql)
     except BaseException:
         slot.release()
         raise
+    result.when_closed(slot.release)
     try:
-        _record_query(request, who, hub, body.sql, sorted(tables), fmt)
+        _record_query(request, who, hub, sql, sorted(tables), fmt)
     except BaseException:
         result.close()
-        slot.release()
         raise
-    if fmt == "json":
-        row_limit = min(body.limit or settings.sql_row_limit, settings.sql_row_limit)
-        try:
-            # Rows are JSON-ready already: skip FastAPI's encoder, costly on many rows.
-            return JSONResponse(result.json(row_limit))
-        finally:
-            result.close()
-            slot.release()
+    return result
+
+
+def row_limit(hub: Hub, asked: int | None) -> int:
+    """The rows a JSON answer holds: what was asked, within the hub's limit."""
+    return min(asked or hub.settings.sql_row_limit, hub.settings.sql_row_limit)
+
+
+def stream_result(
+    result: QueryResult, fmt: str, headers: dict[str, str] | None = None
+) -> StreamingResponse:
+    """The whole result as CSV, Parquet or Arrow, streamed; closes the result at the end."""
     stream = {"csv": result.csv, "parquet": result.parquet, "arrow": result.arrow_stream}[fmt]
     media = next(m for m, f in FORMATS.items() if f == fmt)
-    return StreamingResponse(_closing(stream(), result, slot), media_type=media)
+    return StreamingResponse(_closing(stream(), result), media_type=media, headers=headers)
 
 
 def _record_query(
@@ -192,12 +244,11 @@ def _record_query(
     hub.audit.record_each(who, "query", subjects or [Subject()], detail=detail, client=client)
 
 
-def _closing(chunks: Iterator[bytes], result: QueryResult, slot: QuerySlot) -> Iterator[bytes]:
+def _closing(chunks: Iterator[bytes], result: QueryResult) -> Iterator[bytes]:
     try:
         yield from chunks
     finally:
         result.close()
-        slot.release()
 
 
 def _negotiate(accept: str) -> str:

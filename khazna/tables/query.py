@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock
@@ -513,6 +513,7 @@ class QueryResult:
         self._lock = threading.Lock()
         self._closed = False
         self._timed_out = False
+        self._on_close: list[Callable[[], None]] = []
         self._con: duckdb.DuckDBPyConnection | None = None
         self._reader: pa.RecordBatchReader | None = None
         self._names: list[tuple[str, str]] = []  # (path text, what messages show instead)
@@ -710,18 +711,26 @@ class QueryResult:
         finally:
             self.close()
 
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the result is closed (e.g. to give back a query slot)."""
+        self._on_close.append(callback)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
         self._watchdog.cancel()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                self._reader.close()
-        if self._con is not None:
-            with contextlib.suppress(Exception):
-                self._con.close()
+        try:
+            if self._reader is not None:
+                with contextlib.suppress(Exception):
+                    self._reader.close()
+            if self._con is not None:
+                with contextlib.suppress(Exception):
+                    self._con.close()
+        finally:
+            for callback in self._on_close:
+                callback()
 
 
 # Locked-down databases by the exact set of tables they show (and their limits). A table's

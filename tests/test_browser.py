@@ -1,0 +1,287 @@
+"""A newcomer's visit in a real browser: Debian's Chromium, driven by Playwright, against a
+real `khazna serve --demo`.
+
+They find a demo dataset by searching in French and in Arabic, open it, preview its table
+and sort it, run a SQL query and download its CSV. Each page's screenshot goes to
+``$SCREENSHOTS`` (`make screenshots` sets it to docs/screenshots; by default a temporary
+folder), so the README's pictures are what this test saw.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import LiveServer, start_server, stop_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's Chromium is not at /usr/bin/chromium "
+        "(apt-get install chromium; .ci/run installs it)",
+    ),
+]
+
+REGIONS_SQL = "demo_morocco_regions_rgph2024_morocco_regions_rgph2024"
+TITLE_FR = "Population et ménages des 12 régions du Maroc (RGPH 2024)"
+TITLE_AR = "السكان والأسر في جهات المغرب الاثنتي عشرة (الإحصاء العام للسكان والسكنى 2024)"
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One demo hub for the module, its tables ingested and profiled."""
+    home = tmp_path_factory.mktemp("browser-hub")
+    server: LiveServer = start_server(home, demo=True)
+    try:
+        profile = (
+            f"{server.url}/api/v1/tables/demo/morocco-regions-rgph2024/"
+            "morocco_regions_rgph2024.csv/profile"
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            r = httpx.get(profile)
+            if r.status_code == 200 and r.json()["status"] == "ready":
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the demo table was not profiled within 120 s")
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def hub_url(demo_server: LiveServer) -> str:
+    return demo_server.url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def new_page(browser: Browser, locale: str, width: int = 1100) -> Page:
+    """A fresh visitor whose browser prefers ``locale`` (sent as Accept-Language)."""
+    context = browser.new_context(
+        locale=locale, viewport={"width": width, "height": 720}, accept_downloads=True
+    )
+    context.set_default_timeout(15_000)
+    return context.new_page()
+
+
+def test_a_newcomer_finds_previews_and_sorts_a_table_in_french(
+    browser: Browser, hub_url: str, shots: Path
+) -> None:
+    page = new_page(browser, "fr-FR")
+    page.goto(hub_url + "/")
+    assert page.evaluate("[document.documentElement.lang, document.documentElement.dir]") == [
+        "fr",
+        "ltr",
+    ]
+    # The first Tab reaches the skip link, and focus is drawn.
+    page.keyboard.press("Tab")
+    focused = page.locator(":focus")
+    expect(focused).to_have_text("Aller au contenu")
+    assert focused.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+    page.screenshot(path=shots / "home-fr.png")
+
+    page.get_by_label("Rechercher dans les jeux de données").fill("population régions")
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{hub_url}/search?lang=fr&q=population+r%C3%A9gions")
+    result = page.get_by_role("link", name=TITLE_FR)
+    expect(result).to_be_visible()
+    page.screenshot(path=shots / "search-fr.png")
+
+    # The language switch keeps the search.
+    page.get_by_role("navigation", name="Langue").get_by_role("link", name="English").click()
+    expect(page).to_have_url(f"{hub_url}/search?q=population+r%C3%A9gions&lang=en")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Search")
+    page.get_by_role("navigation", name="Language").get_by_role("link", name="Français").click()
+
+    page.get_by_role("link", name=TITLE_FR).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(TITLE_FR)
+    page.screenshot(path=shots / "dataset-fr.png")
+
+    row = page.get_by_role("row").filter(has_text="morocco_regions_rgph2024.csv").first
+    row.get_by_role("link", name="Aperçu").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("morocco_regions_rgph2024.csv")
+    status = page.locator('p[role="status"]')
+    expect(status).to_have_text("Lignes 1 à 12 sur 12")
+    data = page.locator("table.data tbody tr")
+    expect(data.first.locator("td").nth(2)).to_have_text("Tanger-Tétouan-Al Hoceima")
+
+    header = page.locator("table.data thead th").nth(4)
+    header.get_by_role("link").click()  # ascending
+    expect(header).to_have_attribute("aria-sort", "ascending")
+    expect(data.first.locator("td").nth(2)).to_have_text("Dakhla-Oued Ed-Dahab")
+    header.get_by_role("link").click()  # descending
+    expect(header).to_have_attribute("aria-sort", "descending")
+    firsts = [data.nth(i).locator("td").nth(4).inner_text() for i in range(3)]
+    assert firsts == ["7688967", "5132639", "4892393"]
+    assert "sort=-population_2024" in page.url
+    page.screenshot(path=shots / "table-fr.png")
+    page.get_by_role("heading", name="Colonnes").evaluate("e => e.scrollIntoView()")
+    page.screenshot(path=shots / "profile-fr.png")
+    page.context.close()
+
+
+def test_a_newcomer_searches_in_arabic_and_the_page_is_right_to_left(
+    browser: Browser, hub_url: str, shots: Path
+) -> None:
+    page = new_page(browser, "ar-MA")  # no ?lang=: Accept-Language chooses Arabic
+    page.goto(hub_url + "/")
+    assert page.evaluate("[document.documentElement.lang, document.documentElement.dir]") == [
+        "ar",
+        "rtl",
+    ]
+    # Laid out right to left: the brand sits at the right end of the header.
+    header = page.locator("header.top").bounding_box()
+    brand = page.locator(".brand").bounding_box()
+    assert header is not None and brand is not None
+    assert brand["x"] > header["x"] + header["width"] / 2
+    page.screenshot(path=shots / "home-ar.png")
+
+    page.get_by_label("البحث في مجموعات البيانات").fill("جهات المغرب")
+    page.get_by_role("button", name="بحث").click()
+    expect(page.get_by_role("link", name=TITLE_AR)).to_be_visible()
+    page.screenshot(path=shots / "search-ar.png")
+
+    page.get_by_role("link", name=TITLE_AR).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(TITLE_AR)
+    assert page.evaluate("document.documentElement.dir") == "rtl"
+    row = page.get_by_role("row").filter(has_text="morocco_regions_rgph2024.csv").first
+    row.get_by_role("link", name="معاينة").click()
+    expect(page.locator('p[role="status"]')).to_have_text("الصفوف من 1 إلى 12 من أصل 12")
+    name_ar = page.locator("table.data thead th").nth(3)
+    name_ar.get_by_role("link").click()
+    expect(name_ar).to_have_attribute("aria-sort", "ascending")
+    # Text in the data is shown as written.
+    first = page.locator("table.data tbody tr").first.locator("td").nth(3)
+    expect(first).to_have_text("الداخلة-وادي الذهب")
+    page.screenshot(path=shots / "table-ar.png")
+    page.context.close()
+
+    phone = new_page(browser, "ar-MA", width=390)
+    phone.goto(hub_url + "/datasets/demo/morocco-regions-rgph2024")
+    # Nothing wider than the phone but the tables, which scroll inside their own box.
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    phone.screenshot(path=shots / "dataset-ar-phone.png")
+    phone.context.close()
+
+
+def test_a_newcomer_runs_sql_and_downloads_the_csv(
+    browser: Browser, hub_url: str, shots: Path, tmp_path: Path
+) -> None:
+    page = new_page(browser, "en-GB")
+    page.goto(
+        f"{hub_url}/datasets/demo/morocco-regions-rgph2024/tables/morocco_regions_rgph2024.csv"
+    )
+    page.get_by_role("link", name="Query this table with SQL").click()
+    query = page.get_by_label("Query")
+    expect(query).to_have_value(f"SELECT * FROM {REGIONS_SQL} LIMIT 100")
+    query.fill(
+        f"SELECT code, name_fr, name_ar, population_2024 FROM {REGIONS_SQL} "
+        "WHERE population_2024 > 4500000 ORDER BY population_2024 DESC"
+    )
+    page.get_by_role("button", name="Run").click()
+    expect(page.locator('p[role="status"]')).to_contain_text("3 rows")
+    cells = page.locator("table.data tbody tr").first.locator("td")
+    expect(cells).to_have_text(["06", "Casablanca-Settat", "الدار البيضاء-سطات", "7688967"])
+    page.screenshot(path=shots / "sql-en.png")
+
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download as CSV").click()
+    download = info.value
+    assert download.suggested_filename == "khazna-query.csv"
+    saved = tmp_path / "query.csv"
+    download.save_as(saved)
+    assert saved.read_text(encoding="utf-8") == (
+        '"code","name_fr","name_ar","population_2024"\n'
+        '"06","Casablanca-Settat","الدار البيضاء-سطات",7688967\n'
+        '"04","Rabat-Salé-Kénitra","الرباط-سلا-القنيطرة",5132639\n'
+        '"07","Marrakech-Safi","مراكش-آسفي",4892393\n'
+    )
+    page.context.close()
+
+
+def test_an_operator_signs_in_with_a_token_and_out_again(
+    browser: Browser, demo_server: LiveServer, shots: Path
+) -> None:
+    page = new_page(browser, "fr-FR")
+    page.goto(demo_server.url + "/sql")
+    page.get_by_role("link", name="Se connecter").click()
+    page.get_by_label("Jeton d’API").fill(demo_server.token)
+    page.screenshot(path=shots / "signin-fr.png")
+    page.get_by_role("button", name="Se connecter").click()
+    # Back where they were, signed in; the token is out of reach of scripts.
+    expect(page).to_have_url(demo_server.url + "/sql")
+    expect(page.locator(".who")).to_have_text("operator")
+    assert page.evaluate("document.cookie").find("khazna_token") == -1
+    page.get_by_role("button", name="Se déconnecter").click()
+    expect(page.get_by_role("link", name="Se connecter")).to_be_visible()
+    assert [c["name"] for c in page.context.cookies()] == ["khazna_lang"]
+    page.context.close()
+
+
+def test_a_publisher_creates_a_dataset_and_uploads_a_file_with_a_progress_bar(
+    browser: Browser, demo_server: LiveServer, shots: Path, tmp_path: Path
+) -> None:
+    # 4 MiB of a real-looking table, so the upload takes more than one progress event.
+    data = tmp_path / "stations.csv"
+    rows = [f"{i},station-{i:07d},{30 + i % 7}.{i % 1000:03d}" for i in range(160_000)]
+    data.write_text("id,name,temperature\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    page = new_page(browser, "fr-FR")
+    page.goto(demo_server.url + "/signin")
+    page.get_by_label("Jeton d’API").fill(demo_server.token)
+    page.get_by_role("button", name="Se connecter").click()
+    page.get_by_role("link", name="Publier").click()
+    page.get_by_label("Organisation").select_option("demo")
+    page.get_by_label("Nom court (dans les adresses)").fill("stations-meteo")
+    page.locator("#p-title-fr").fill("Stations météo")
+    page.locator("#p-title-ar").fill("محطات الأرصاد الجوية")
+    page.get_by_label("Accès").select_option("public")
+    page.screenshot(path=shots / "publish-fr.png")
+    page.get_by_role("button", name="Créer le jeu de données").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Ajouter un fichier")
+
+    page.get_by_label("Fichier").set_input_files(data)
+    page.get_by_role("button", name="Envoyer").click()
+    expect(page.get_by_role("status")).to_have_text("Envoyé : version 1.")
+    assert page.locator("#u-progress").evaluate("e => e.value") == 100
+    page.screenshot(path=shots / "upload-fr.png")
+    page.get_by_role("link", name="Voir le jeu de données").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Stations météo")
+    files = page.get_by_role("region", name="Fichiers")
+    expect(files.get_by_role("link", name="stations.csv")).to_be_visible()
+    stored = httpx.get(f"{demo_server.url}/api/v1/datasets/demo/stations-meteo/files/stations.csv")
+    assert stored.content == data.read_bytes()
+    # The upload is in the dataset's audit log.
+    page.get_by_role("link", name="Journal d’audit").last.click()
+    page.get_by_label("Action").fill("upload")
+    page.get_by_role("button", name="Filtrer").click()
+    expect(page.get_by_role("status")).to_have_text("1 entrée")
+    first = page.locator("table.audit tbody tr").first.locator("td")
+    expect(first.nth(2)).to_have_text("operator")
+    expect(first.nth(3)).to_have_text("upload")
+    expect(first.nth(4)).to_have_text("demo/stations-meteo")
+    page.screenshot(path=shots / "audit-fr.png")
+    page.context.close()
