@@ -322,14 +322,6 @@ class UploadSessions:
             ).one()
         return str(r.name), str(r.ds)
 
-    def dataset_of(self, session_id: str) -> tuple[str, str]:
-        """``(org, dataset)`` a session uploads to (no access check: for the audit log)."""
-        with self.engine.connect() as conn:
-            dataset_id = conn.execute(
-                select(db.upload_sessions.c.dataset_id).where(db.upload_sessions.c.id == session_id)
-            ).scalar_one()
-        return self._dataset_name(int(dataset_id))
-
     def abort(self, who: Principal, session_id: str) -> None:
         row = self._session(who, session_id)
         if row.state == "committed":
