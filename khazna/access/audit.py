@@ -445,7 +445,7 @@ class AuditLog:
                 self._sign(conn, last, prev)
         except DBAPIError as exc:
             raise AuditFailure(
-                f"the audit log could not be written ({type(exc.orig).__name__}), so "
+                f"the audit log could not be written ({type(exc).__name__}), so "
                 f"{action!r} was not made; nothing changed, try again or ask the operator"
             ) from exc
         for hook in self.after_append:
