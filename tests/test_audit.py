@@ -864,7 +864,6 @@ def _revocation(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
     auth = api.auth(api.outsider)
     r = api.http.post(f"{API}/tokens", json={"label": "notebook"}, headers=auth)
     assert r.status_code == 201, r.text
-    api.extra = r.json()["token"]  # type: ignore[attr-defined]
     request = {"method": "DELETE", "url": f"{API}/tokens/{r.json()['id']}", "headers": auth}
     return request, {
         "actor": "startup",
@@ -879,10 +878,8 @@ def _revocation(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _revocation_state(api: Api) -> Any:
-    extra = api.extra  # type: ignore[attr-defined]
-    me = api.http.get(f"{API}/me", headers=api.auth(extra))
     tokens = api.http.get(f"{API}/tokens", headers=api.auth(api.outsider)).json()["tokens"]
-    return (me.status_code, [(t["label"], t["state"]) for t in tokens])
+    return [(t["label"], t["state"]) for t in tokens]
 
 
 CHANGES = {
@@ -891,8 +888,8 @@ CHANGES = {
     "token-revocation": (
         _revocation,
         _revocation_state,
-        (200, [("notebook", "active"), ("created with the user", "active")]),
-        (401, [("notebook", "revoked"), ("created with the user", "active")]),
+        [("notebook", "active"), ("created with the user", "active")],
+        [("notebook", "revoked"), ("created with the user", "active")],
     ),
 }
 
@@ -939,7 +936,6 @@ def test_a_change_that_fails_before_its_commit_leaves_neither_it_nor_its_entry(
     assert after[: len(before)] == before
     assert [stable(e) for e in after[len(before) :]] == [entry]
     assert after[-1]["seq"] == len(before) + 1
-    # (Checked after the entries: a revoked token's refusal is an entry of its own.)
     assert state(api) == done
     assert api.hub.verify().ok
 
