@@ -140,14 +140,15 @@ def users_add(
             # Check before creating the user: a failure afterwards would lose the token.
             hub.catalog.organization(org)
             check_role(role)
-        _, token = hub.accounts.add_user(name, admin=admin)
+        from khazna.access.audit import AuditNote
+
         operator = hub.accounts.operator_principal()
-        detail = {"user": name, "admin": admin}
-        hub.audit.record(operator, "user.create", detail=detail, client="cli")
+        # Each change is written with its audit entry, in one transaction.
+        created = AuditNote(operator, "user.create", {"user": name, "admin": admin}, "cli")
+        _, token = hub.accounts.add_user(name, admin=admin, note=created)
         if org:
-            hub.catalog.add_member(operator, org, name, role)
-            member = {"user": name, "role": role}
-            hub.audit.record(operator, "membership.change", org=org, detail=member, client="cli")
+            member = AuditNote(operator, "membership.change", {"user": name, "role": role}, "cli")
+            hub.catalog.add_member(operator, org, name, role, note=member)
         err.print(f"user {name} created{' (admin)' if admin else ''}; its token is shown once:")
         print(token)
 
@@ -525,18 +526,17 @@ def access_approve(
     with _errors():
         if home is not None:
             from khazna.access.accounts import parse_expiry
+            from khazna.access.audit import AuditNote
             from khazna.client import split_ref
 
             hub = _hub(home)
             org, name = split_ref(ref)
             expiry = None if until is None else parse_expiry(until, "--until")
             operator = hub.accounts.operator_principal()
-            done = hub.access_requests.approve(operator, org, name, user, expiry)
             # The same entry as an approval through the API, by the operator, from "cli".
             detail = {"user": user, "until": None if expiry is None else expiry.isoformat()}
-            hub.audit.record(
-                operator, "access.approve", org=org, dataset=name, detail=detail, client="cli"
-            )
+            entry = AuditNote(operator, "access.approve", detail, "cli")
+            done = hub.access_requests.approve(operator, org, name, user, expiry, note=entry)
         else:
             with _client() as client:
                 done = client.approve_access(ref, user, until)
@@ -553,16 +553,14 @@ def access_refuse(
     """Refuse USER's latest request (an approval is withdrawn at once)."""
     with _errors():
         if home is not None:
+            from khazna.access.audit import AuditNote
             from khazna.client import split_ref
 
             hub = _hub(home)
             org, name = split_ref(ref)
             operator = hub.accounts.operator_principal()
-            done = hub.access_requests.refuse(operator, org, name, user, reason)
-            detail = {"user": user, "reason": reason}
-            hub.audit.record(
-                operator, "access.refuse", org=org, dataset=name, detail=detail, client="cli"
-            )
+            entry = AuditNote(operator, "access.refuse", {"user": user, "reason": reason}, "cli")
+            done = hub.access_requests.refuse(operator, org, name, user, reason, note=entry)
         else:
             with _client() as client:
                 done = client.refuse_access(ref, user, reason)

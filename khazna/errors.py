@@ -87,3 +87,10 @@ class StorageFailure(KhaznaError):
 
     status = 507
     code = "storage_failure"
+
+
+class AuditFailure(KhaznaError):
+    """The audit entry of a change could not be written, so the change was not made."""
+
+    status = 500
+    code = "audit_failure"

@@ -67,19 +67,21 @@ class Hub:
                 f"{where.render_as_string(hide_password=True)}: {reason}"
             ) from exc
         self.storage = settings.storage
-        self.accounts = Accounts(self.engine)
         self.policy = AccessPolicy()
-        self.quotas = make_quotas(
-            self.engine, settings.rate_limit_per_minute, settings.daily_download_bytes
-        )
-        self.search = make_search_index(self.engine, self.policy)
         self.audit = AuditLog(
             self.engine,
             HubKey(settings.key_dir),
             self.policy,
             checkpoint_every=settings.audit_checkpoint_every,
         )
-        self.catalog = Catalog(self.engine, self.policy, self.search, storage=self.storage)
+        self.accounts = Accounts(self.engine, self.audit)
+        self.quotas = make_quotas(
+            self.engine, settings.rate_limit_per_minute, settings.daily_download_bytes
+        )
+        self.search = make_search_index(self.engine, self.policy)
+        self.catalog = Catalog(
+            self.engine, self.policy, self.search, self.audit, storage=self.storage
+        )
         self.access_requests = AccessRequests(self.engine, self.catalog, self.policy)
         self.jobs = JobQueue(self.engine, lease_s=settings.job_lease_s)
         self.tables = Tables(

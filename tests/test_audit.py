@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from khazna import db
 from khazna.access.accounts import Principal, operator_name
-from khazna.access.audit import GENESIS, entry_hash
+from khazna.access.audit import GENESIS, AuditNote, entry_hash
 from khazna.config import Settings
 from khazna.hub import Hub
 from tests.conftest import DATA, Api, khazna_cmd
@@ -795,3 +795,302 @@ def test_the_audit_log_sees_the_client_behind_a_trusted_proxy(
         entries = c.get("/api/v1/audit", params={"limit": 10}).json()["entries"]
     query = next(e for e in entries if e["action"] == "query")
     assert (query["client"], query["detail"]["sql"]) == (client, "SELECT 42")
+
+
+# a change and its entry: one transaction ----------------------------------------------------
+
+# The changes whose entry is written in their transaction, each as (what to set up, the
+# request, what the hub looks like without the change, what it looks like with it).
+
+
+def _upload(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
+    auth = api.auth(api.editor)
+    r = api.http.post(f"{API}/datasets", json={"org": ORG, "name": "lits"}, headers=auth)
+    assert r.status_code == 201, r.text
+    request = {"method": "PUT", "url": f"{API}/datasets/{ORG}/lits/files/lits.csv"}
+    return {**request, "content": b"region,lits\nOriental,812\n", "headers": auth}, {
+        "actor": "nadia",
+        "token_id": token_id(api, api.editor),
+        "action": "upload",
+        "org": ORG,
+        "dataset": "lits",
+        "version": 1,
+        "detail": {
+            "files": [
+                {
+                    "name": "lits.csv",
+                    "sha256": hashlib.sha256(b"region,lits\nOriental,812\n").hexdigest(),
+                    "size": 25,
+                }
+            ]
+        },
+        "client": "testclient",
+    }
+
+
+def _upload_state(api: Api) -> Any:
+    r = api.http.get(f"{API}/datasets/{ORG}/lits", headers=api.auth(api.editor))
+    versions = api.http.get(f"{API}/datasets/{ORG}/lits/versions", headers=api.auth(api.editor))
+    return (
+        r.json()["version"],
+        [f["name"] for f in r.json()["files"]],
+        len(versions.json()["versions"]),
+    )
+
+
+def _membership(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
+    request = {"method": "PUT", "url": f"{API}/organizations/{ORG}/members"}
+    return {
+        **request,
+        "json": {"user": "nadia", "role": "member"},
+        "headers": api.auth(api.admin),
+    }, {
+        "actor": "admin",
+        "token_id": token_id(api, api.admin),
+        "action": "membership.change",
+        "org": ORG,
+        "dataset": None,
+        "version": None,
+        "detail": {"user": "nadia", "role": "member"},
+        "client": "testclient",
+    }
+
+
+def _membership_state(api: Api) -> Any:
+    return api.http.get(f"{API}/me", headers=api.auth(api.editor)).json()["organizations"]
+
+
+def _revocation(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
+    auth = api.auth(api.outsider)
+    r = api.http.post(f"{API}/tokens", json={"label": "notebook"}, headers=auth)
+    assert r.status_code == 201, r.text
+    request = {"method": "DELETE", "url": f"{API}/tokens/{r.json()['id']}", "headers": auth}
+    return request, {
+        "actor": "startup",
+        "token_id": token_id(api, api.outsider),
+        "action": "token.revoke",
+        "org": None,
+        "dataset": None,
+        "version": None,
+        "detail": {"token": r.json()["id"]},
+        "client": "testclient",
+    }
+
+
+def _revocation_state(api: Api) -> Any:
+    tokens = api.http.get(f"{API}/tokens", headers=api.auth(api.outsider)).json()["tokens"]
+    return [(t["label"], t["state"]) for t in tokens]
+
+
+CHANGES = {
+    "upload": (_upload, _upload_state, (0, [], 0), (1, ["lits.csv"], 1)),
+    "membership": (_membership, _membership_state, {ORG: "editor"}, {ORG: "member"}),
+    "token-revocation": (
+        _revocation,
+        _revocation_state,
+        [("notebook", "active"), ("created with the user", "active")],
+        [("notebook", "revoked"), ("created with the user", "active")],
+    ),
+}
+
+
+def _lose_connection(conn: Any, entries: Any) -> None:
+    # As if the process died between its last statement and its commit: the database
+    # connection goes, and the database rolls back what it had not committed.
+    conn.invalidate()
+
+
+def _raise(conn: Any, entries: Any) -> None:
+    raise RuntimeError("failure after the audit entry was written, before the commit")
+
+
+@pytest.mark.parametrize("how", [_raise, _lose_connection], ids=["error", "lost-connection"])
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_change_that_fails_before_its_commit_leaves_neither_it_nor_its_entry(
+    api: Api, change: str, how: Any
+) -> None:
+    setup, state, without, done = CHANGES[change]
+    request, entry = setup(api)
+    before = all_entries(api)
+    assert state(api) == without
+
+    # The seam: a hook called in the change's transaction after its entry was appended.
+    api.hub.audit.after_append.append(how)
+    try:
+        r = api.http.request(**request)
+    finally:
+        api.hub.audit.after_append.remove(how)
+    assert r.status_code == 500
+    assert r.json() == {
+        "error": {"code": "internal", "message": "internal error; the hub's log has the details"}
+    }
+    assert state(api) == without
+    assert all_entries(api) == before
+    report = api.hub.verify()
+    assert (report.ok, report.audit_entries_checked) == (True, len(before))
+
+    # Made again, the change and its entry are there, the entry next in the chain.
+    r = api.http.request(**request)
+    assert r.status_code in (200, 204), r.text
+    after = all_entries(api)
+    assert after[: len(before)] == before
+    assert [stable(e) for e in after[len(before) :]] == [entry]
+    assert after[-1]["seq"] == len(before) + 1
+    assert state(api) == done
+    assert api.hub.verify().ok
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_when_the_audit_log_cannot_be_written_the_change_is_not_made(api: Api, change: str) -> None:
+    setup, state, without, done = CHANGES[change]
+    request, entry = setup(api)
+    before = all_entries(api)
+    # A stray row where the next entry goes: the append breaks the log's primary key.
+    stray = len(before) + 1
+    with api.hub.engine.begin() as conn:
+        conn.execute(
+            db.audit_entries.insert().values(
+                seq=stray, at="2026-01-01T00:00:00+00:00", action="stray", detail="{}",
+                prev_hash=GENESIS, hash=GENESIS,
+            )
+        )  # fmt: skip
+
+    r = api.http.request(**request)
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error["code"] == "audit_failure"
+    assert error["message"].startswith(
+        f"the audit log could not be written (IntegrityError), so {entry['action']!r} was not "
+        "made; nothing changed"
+    )
+    assert state(api) == without
+    with api.hub.engine.begin() as conn:
+        conn.execute(db.audit_entries.delete().where(db.audit_entries.c.seq == stray))
+    assert all_entries(api) == before
+    assert api.hub.verify().ok
+
+    r = api.http.request(**request)
+    assert r.status_code in (200, 204), r.text
+    assert [stable(e) for e in all_entries(api)[len(before) :]] == [entry]
+    assert state(api) == done
+    assert api.hub.verify().ok
+
+
+def test_a_checkpoint_of_a_change_rolled_back_is_not_kept(tmp_path: Path) -> None:
+    settings = dataclasses.replace(Settings.from_env(tmp_path / "hub"), audit_checkpoint_every=2)
+    hub = Hub(settings)
+    system = hub.accounts.system_principal()
+    hub.audit.record(None, "read")
+    hub.audit.after_append.append(_raise)
+    with pytest.raises(RuntimeError):
+        note = AuditNote(system, "organization.create", {}, "cli")
+        hub.catalog.create_organization(system, "sante", note=note)
+    hub.audit.after_append.clear()
+    with hub.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM audit_checkpoints").scalar() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM organizations").scalar() == 0
+    hub.catalog.create_organization(system, "sante", note=note)
+    report = hub.verify()
+    assert (report.ok, report.audit_entries_checked, report.checkpoints_checked) == (True, 2, 1)
+    hub.close()
+
+
+def test_token_creation_and_revocation_are_logged(api: Api) -> None:
+    auth = api.auth(api.outsider)
+    r = api.http.post(
+        f"{API}/tokens",
+        json={"label": "lecture", "scope": "read", "expires_at": "2099-12-31"},
+        headers=auth,
+    )
+    assert r.status_code == 201, r.text
+    made = r.json()["id"]
+    assert api.http.delete(f"{API}/tokens/{made}", headers=auth).status_code == 204
+    # Revoked already: nothing changes, nothing is written.
+    assert api.http.delete(f"{API}/tokens/{made}", headers=auth).status_code == 204
+    common = {
+        "actor": "startup",
+        "token_id": token_id(api, api.outsider),
+        "org": None,
+        "dataset": None,
+        "version": None,
+        "client": "testclient",
+    }
+    assert [stable(e) for e in all_entries(api)[2:]] == [
+        {
+            "action": "token.create",
+            "detail": {
+                "label": "lecture",
+                "scope": "read",
+                "expires_at": "2100-01-01T00:00:00Z",
+                "datasets": None,
+                "organizations": None,
+                "token": made,
+            },
+            **common,
+        },
+        {"action": "token.revoke", "detail": {"token": made}, **common},
+    ]
+
+
+def test_concurrent_changes_and_reads_make_one_chain_in_the_order_of_the_versions(
+    tmp_path: Path,
+) -> None:
+    # On PostgreSQL (KHAZNA_TEST_DATABASE_URL) the writers take the chain's head as a row
+    # lock in their own transactions; on SQLite they queue on the process's writer lock.
+    settings = dataclasses.replace(Settings.from_env(tmp_path / "hub"), audit_checkpoint_every=7)
+    hub = Hub(settings)
+    system = hub.accounts.system_principal()
+    hub.catalog.create_organization(system, "sante")
+    names = ("lits", "vaccins")
+    for name in names:
+        hub.catalog.create_dataset(system, "sante", name)
+    commits_per_thread, failures = 6, []
+
+    def write(worker: int) -> None:
+        try:
+            for i in range(commits_per_thread):
+                data = f"worker,i\n{worker},{i}\n".encode()
+                writer = hub.blobs.writer(1 << 20)
+                writer.write(data)
+                blob = writer.commit()
+                note = AuditNote(system, "upload", {"worker": worker, "i": i}, "cli")
+                hub.catalog.commit_version(
+                    system, "sante", names[worker % 2], {"a.csv": blob}, note=note
+                )
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    def read() -> None:
+        for i in range(30):
+            hub.audit.record(None, "download", org="sante", dataset="lits", detail={"i": i})
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    threads.append(threading.Thread(target=read))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    report = hub.verify()
+    uploads = 4 * commits_per_thread
+    assert (report.ok, report.problems, report.audit_entries_checked) == (True, [], uploads + 30)
+    assert report.checkpoints_checked == (uploads + 30) // 7
+    with hub.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT dataset, version, detail FROM audit_entries WHERE action = 'upload' "
+            "ORDER BY seq"
+        ).all()
+    for name in names:
+        # Each dataset's versions appear in the log in the order they were made, each once,
+        # and each entry names the version that holds what its writer uploaded.
+        logged = [(int(v), json.loads(detail)) for d, v, detail in rows if d == name]
+        assert [v for v, _ in logged] == list(range(1, uploads // 2 + 1))
+        made = {
+            v["version"]: v["files"][0]["sha256"]
+            for v in hub.catalog.versions(system, "sante", name)
+        }
+        assert {
+            v: hashlib.sha256(f"worker,i\n{d['worker']},{d['i']}\n".encode()).hexdigest()
+            for v, d in logged
+        } == made
+    hub.close()

@@ -8,16 +8,19 @@ import hashlib
 import os
 import secrets
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy import Connection, Engine, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from khazna import db
 from khazna.catalog.names import check_slug
 from khazna.errors import BadRequest, Conflict, NotFound, Unauthorized
+
+if TYPE_CHECKING:  # the audit log knows principals
+    from khazna.access.audit import AuditLog, AuditNote
 
 TOKEN_PREFIX = "kz_"
 # The hub's own account: admin, with no token, so nobody can sign in as it.
@@ -65,22 +68,30 @@ def hash_token(token: str) -> str:
 
 
 class Accounts:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit: AuditLog) -> None:
         self.engine = engine
+        # A user or token change and its audit entry are written in one transaction.
+        self.audit = audit
 
-    def add_user(self, name: str, *, admin: bool = False) -> tuple[int, str]:
+    def add_user(
+        self, name: str, *, admin: bool = False, note: AuditNote | None = None
+    ) -> tuple[int, str]:
         """Create a user and a first token; returns (user id, token)."""
         check_slug(name, "user")
         if name == SYSTEM_USER:
             raise Conflict(f"{SYSTEM_USER!r} is the hub's own account; choose another name")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         try:
-            with self.engine.begin() as conn:
+            with self.audit.transaction() as conn:
                 user_id = conn.execute(
                     insert(db.users).values(name=name, is_admin=admin, created_at=db.utcnow())
                 ).inserted_primary_key[0]  # type: ignore[index]
+                self._insert_token(conn, int(user_id), token, label="created with the user")
+                if note is not None:
+                    self.audit.append_note(conn, note)
         except IntegrityError as exc:
             raise Conflict(f"user {name!r} already exists") from exc
-        return int(user_id), self.create_token(int(user_id), label="created with the user")
+        return int(user_id), token
 
     def system_principal(self) -> Principal:
         """The hub acting on its own behalf (demo loading, operator commands): an admin."""
@@ -117,10 +128,19 @@ class Accounts:
         scope: str = "read-write",
         expires_at: datetime | None = None,
         limits: TokenLimits | None = None,
+        note: AuditNote | None = None,
     ) -> str:
+        """A new token's secret. ``note``: its audit entry, its detail completed with the
+        new token's id."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         self.add_token(
-            user_id, token, label=label, scope=scope, expires_at=expires_at, limits=limits
+            user_id,
+            token,
+            label=label,
+            scope=scope,
+            expires_at=expires_at,
+            limits=limits,
+            note=note,
         )
         return token
 
@@ -133,6 +153,7 @@ class Accounts:
         scope: str = "read-write",
         expires_at: datetime | None = None,
         limits: TokenLimits | None = None,
+        note: AuditNote | None = None,
     ) -> int:
         """Store a new token's hash; returns its id."""
         if scope not in SCOPES:
@@ -144,20 +165,40 @@ class Accounts:
         now = db.utcnow()
         if expires_at is not None and expires_at <= now:
             raise BadRequest("expires_at must be in the future", field="expires_at")
-        with self.engine.begin() as conn:
-            token_id = conn.execute(
-                insert(db.tokens).values(
-                    user_id=user_id,
-                    token_hash=hash_token(token),
-                    prefix=token[:8],
-                    label=label,
-                    created_at=now,
-                    scope=scope,
-                    expires_at=expires_at,
-                    dataset_ids=None if limits is None else sorted(limits.datasets),
-                    org_ids=None if limits is None else sorted(limits.orgs),
+        with self.audit.transaction() as conn:
+            token_id = self._insert_token(
+                conn, user_id, token, label=label, scope=scope, expires_at=expires_at, limits=limits
+            )
+            if note is not None:
+                self.audit.append_note(
+                    conn, replace(note, detail={**note.detail, "token": token_id})
                 )
-            ).inserted_primary_key[0]  # type: ignore[index]
+        return token_id
+
+    def _insert_token(
+        self,
+        conn: Connection,
+        user_id: int,
+        token: str,
+        *,
+        label: str = "",
+        scope: str = "read-write",
+        expires_at: datetime | None = None,
+        limits: TokenLimits | None = None,
+    ) -> int:
+        token_id = conn.execute(
+            insert(db.tokens).values(
+                user_id=user_id,
+                token_hash=hash_token(token),
+                prefix=token[:8],
+                label=label,
+                created_at=db.utcnow(),
+                scope=scope,
+                expires_at=expires_at,
+                dataset_ids=None if limits is None else sorted(limits.datasets),
+                org_ids=None if limits is None else sorted(limits.orgs),
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
         return int(token_id)
 
     def revoke_token(self, token: str) -> None:
@@ -168,10 +209,14 @@ class Accounts:
                 .values(revoked_at=db.utcnow())
             )
 
-    def revoke_token_id(self, who: Principal, token_id: int) -> None:
-        """Revoke one of the caller's tokens (a hub admin: anyone's); 404 for any other."""
+    def revoke_token_id(
+        self, who: Principal, token_id: int, *, note: AuditNote | None = None
+    ) -> None:
+        """Revoke one of the caller's tokens (a hub admin: anyone's); 404 for any other.
+        ``note``: the audit entry, written with the revocation (none for a token revoked
+        already: nothing changes)."""
         t = db.tokens
-        with self.engine.begin() as conn:
+        with self.audit.transaction() as conn:
             row = conn.execute(
                 select(t.c.user_id, t.c.revoked_at).where(t.c.id == token_id)
             ).first()
@@ -179,6 +224,8 @@ class Accounts:
                 raise NotFound(f"no token {token_id}")
             if row.revoked_at is None:
                 conn.execute(update(t).where(t.c.id == token_id).values(revoked_at=db.utcnow()))
+                if note is not None:
+                    self.audit.append_note(conn, note)
 
     def tokens_of(self, user_id: int) -> list[dict[str, Any]]:
         """A user's tokens, newest first, without their secret (the hub does not have it)."""

@@ -10,6 +10,11 @@ with the hub's Ed25519 key, so whoever rewrites the whole chain cannot sign its 
 Appends are serialized by updating the one ``audit_head`` row first, in the same
 transaction as the entry: SQLite takes its write lock there, PostgreSQL a row lock, so
 two writers can never chain onto the same entry.
+
+A change (a new version, a membership, a token...) is written with its entry in one
+transaction: the service making it takes the transaction from ``AuditLog.transaction`` and
+calls ``append`` last, so the head's row lock is the last lock it takes and is held to its
+commit. Either both are committed or neither; a read is logged after it, on its own.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Engine,
     and_,
     bindparam,
@@ -44,11 +50,12 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 
 from khazna import db
 from khazna.access.accounts import Principal
 from khazna.access.policy import WRITER_ROLES, AccessPolicy
-from khazna.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from khazna.errors import AuditFailure, BadRequest, Forbidden, NotFound, Unauthorized
 
 GENESIS = "0" * 64
 EXPORT_FORMAT = "khazna-audit-export"
@@ -293,6 +300,23 @@ class Subject:
     version: int | None = None
 
 
+@dataclass(frozen=True)
+class AuditNote:
+    """The entry a change is to be written with, given to the service that makes it: the
+    service knows what the change is about (organization, dataset, new version) and
+    appends the entry in the change's transaction."""
+
+    who: Principal | None
+    action: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    client: str | None = None
+
+
+# Called in the transaction right after an append, with what was appended; what it raises
+# undoes the change and its entries. A seam for tests: a failure at the last moment.
+AppendHook = Callable[[Connection, list["AuditEntry"]], None]
+
+
 class AuditLog:
     def __init__(
         self,
@@ -306,8 +330,11 @@ class AuditLog:
         self.key = key
         self.policy = policy
         self.checkpoint_every = checkpoint_every
-        # Threads of one process queue here rather than in SQLite's busy handler.
-        self._lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        # SQLite has one writer: every transaction that appends (the catalog's, the
+        # accounts', the log's own) takes this lock first, so the threads of one process
+        # queue here rather than in SQLite's busy handler or in a lock upgrade deadlock.
+        self.writer_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self.after_append: list[AppendHook] = []
         self._ensure_head()
 
     def _ensure_head(self) -> None:
@@ -319,6 +346,13 @@ class AuditLog:
             last = conn.execute(select(e.c.seq, e.c.hash).order_by(e.c.seq.desc())).first()
             head = {"seq": 0, "hash": GENESIS} if last is None else dict(last._mapping)
             conn.execute(db.insert_ignore(conn, db.audit_head, {"id": _HEAD_ID, **head}))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A writing transaction in which ``append`` may be called (on SQLite, under the
+        process's writer lock)."""
+        with self.writer_lock or nullcontext(), self.engine.begin() as conn:
+            yield conn
 
     # writing -----------------------------------------------------------------------------
 
@@ -333,7 +367,7 @@ class AuditLog:
         detail: Mapping[str, Any] | None = None,
         client: str | None = None,
     ) -> AuditEntry:
-        """Append one entry."""
+        """Append one entry in a transaction of its own (a read, a refusal)."""
         subject = Subject(org, dataset, version)
         return self.record_each(who, action, [subject], detail=detail, client=client)[0]
 
@@ -347,6 +381,40 @@ class AuditLog:
         client: str | None = None,
     ) -> list[AuditEntry]:
         """One entry per subject (a query over several datasets), in one transaction."""
+        with self.transaction() as conn:
+            return self.append(conn, who, action, subjects, detail=detail, client=client)
+
+    def append_note(
+        self,
+        conn: Connection,
+        note: AuditNote,
+        *,
+        org: str | None = None,
+        dataset: str | None = None,
+        version: int | None = None,
+    ) -> AuditEntry:
+        """Append the entry of a change in the change's transaction."""
+        subject = Subject(org, dataset, version)
+        return self.append(
+            conn, note.who, note.action, [subject], detail=note.detail, client=note.client
+        )[0]
+
+    def append(
+        self,
+        conn: Connection,
+        who: Principal | None,
+        action: str,
+        subjects: list[Subject],
+        *,
+        detail: Mapping[str, Any] | None = None,
+        client: str | None = None,
+    ) -> list[AuditEntry]:
+        """Append one entry per subject in the caller's transaction (begun with
+        ``transaction``), which then holds the chain's head until it ends. Call it last:
+        on PostgreSQL every change queues on that row lock until the caller commits.
+
+        A failure to write raises ``AuditFailure`` after the caller's transaction has
+        been marked for rollback: the change is not made without its entry."""
         at = db.iso(db.utcnow()) or ""
         # Through JSON and back, so the detail hashed now is the one read back later.
         detail_text = canonical(dict(detail or {})).decode()
@@ -354,7 +422,7 @@ class AuditLog:
         actor = who.name if who is not None else None
         token_id = who.token_id if who is not None else None
         n = len(subjects)
-        with self._lock or nullcontext(), self.engine.begin() as conn:
+        try:
             # Taking the head row first is what makes concurrent appends queue.
             head = conn.execute(_TAKE_HEAD, {"n": n}).one()
             seq, prev = int(head.seq) - n, str(head.hash)
@@ -371,25 +439,32 @@ class AuditLog:
             rows = [{**e.as_dict(), "detail": detail_text} for e in entries]
             conn.execute(_ADD_ENTRY, rows[0] if n == 1 else rows)
             conn.execute(_MOVE_HEAD, {"new_hash": prev})
-        first, last = entries[0].seq, entries[-1].seq
-        if last // self.checkpoint_every > (first - 1) // self.checkpoint_every:
-            self._sign(last, prev)
+            first, last = entries[0].seq, entries[-1].seq
+            if last // self.checkpoint_every > (first - 1) // self.checkpoint_every:
+                # In the same transaction: a checkpoint of entries rolled back never exists.
+                self._sign(conn, last, prev)
+        except DBAPIError as exc:
+            raise AuditFailure(
+                f"the audit log could not be written ({type(exc).__name__}), so "
+                f"{action!r} was not made; nothing changed, try again or ask the operator"
+            ) from exc
+        for hook in self.after_append:
+            hook(conn, entries)
         return entries
 
     def checkpoint(self) -> Checkpoint:
         """Sign the head of the chain as it is now."""
-        with self.engine.connect() as conn:
+        with self.transaction() as conn:
             head = conn.execute(
                 select(db.audit_head.c.seq, db.audit_head.c.hash).where(
                     db.audit_head.c.id == _HEAD_ID
                 )
             ).one()
-        return self._sign(int(head.seq), str(head.hash))
+            return self._sign(conn, int(head.seq), str(head.hash))
 
-    def _sign(self, seq: int, hash: str) -> Checkpoint:
+    def _sign(self, conn: Connection, seq: int, hash: str) -> Checkpoint:
         c = db.audit_checkpoints
-        with self.engine.connect() as conn:
-            existing = conn.execute(select(c).where(c.c.seq == seq)).first()
+        existing = conn.execute(select(c).where(c.c.seq == seq)).first()
         if existing is not None:
             return _checkpoint(existing)
         private = self.key.private()
@@ -398,8 +473,7 @@ class AuditLog:
         cp = Checkpoint(
             seq, hash, at, key_id(private.public_key()), base64.b64encode(signature).decode()
         )
-        with self.engine.begin() as conn:
-            conn.execute(db.insert_ignore(conn, c, cp.as_dict()))
+        conn.execute(db.insert_ignore(conn, c, cp.as_dict()))
         return cp
 
     # reading -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from sqlalchemy.orm import aliased
 
 from khazna import db
 from khazna.access.accounts import Principal
+from khazna.access.audit import AuditNote
 from khazna.access.policy import AccessPolicy
 from khazna.catalog.service import Catalog
 from khazna.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
@@ -39,8 +40,11 @@ class AccessRequests:
         self.policy = policy
         self._lock = threading.Lock()  # one request per user and dataset at a time
 
-    def ask(self, who: Principal, org: str, name: str, purpose: str) -> dict[str, Any]:
-        """A new pending request by the caller; 409 if it would change nothing."""
+    def ask(
+        self, who: Principal, org: str, name: str, purpose: str, *, note: AuditNote | None = None
+    ) -> dict[str, Any]:
+        """A new pending request by the caller; 409 if it would change nothing. ``note``:
+        the audit entry, written in the request's transaction."""
         if who.user_id is None:
             raise Unauthorized("asking for access needs a signed-in user; send an API token")
         purpose = _text(purpose, "purpose")
@@ -53,7 +57,7 @@ class AccessRequests:
         if self.policy.can_read(who, row):
             raise Conflict(f"you can already read {ref}")
         a = db.access_requests
-        with self._lock, self.engine.begin() as conn:
+        with self._lock, self.catalog.audit.transaction() as conn:
             pending = conn.execute(
                 select(a.c.id).where(
                     a.c.dataset_id == row.id, a.c.user_id == who.user_id, a.c.state == "pending"
@@ -73,6 +77,8 @@ class AccessRequests:
                     created_at=db.utcnow(),
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
+            if note is not None:
+                self.catalog.audit.append_note(conn, note, org=org, dataset=name)
         return self._one(int(request_id))
 
     def of_dataset(
@@ -99,17 +105,38 @@ class AccessRequests:
         return self._list(db.access_requests.c.user_id == who.user_id, state)
 
     def approve(
-        self, who: Principal, org: str, name: str, user: str, until: datetime | None = None
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        user: str,
+        until: datetime | None = None,
+        *,
+        note: AuditNote | None = None,
     ) -> dict[str, Any]:
-        """Approve the user's latest request (pending, refused or approved: a new expiry)."""
+        """Approve the user's latest request (pending, refused or approved: a new expiry).
+        ``note``: the audit entry, written in the decision's transaction."""
         if until is not None and until <= db.utcnow():
             raise BadRequest("until must be in the future", field="until")
-        return self._decide(who, org, name, user, state="approved", until=until, reason=None)
+        return self._decide(
+            who, org, name, user, state="approved", until=until, reason=None, note=note
+        )
 
-    def refuse(self, who: Principal, org: str, name: str, user: str, reason: str) -> dict[str, Any]:
+    def refuse(
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        user: str,
+        reason: str,
+        *,
+        note: AuditNote | None = None,
+    ) -> dict[str, Any]:
         """Refuse the user's latest request; an approval is withdrawn at once."""
         reason = _text(reason, "reason")
-        return self._decide(who, org, name, user, state="refused", until=None, reason=reason)
+        return self._decide(
+            who, org, name, user, state="refused", until=None, reason=reason, note=note
+        )
 
     # -- inside ---------------------------------------------------------------------------
 
@@ -134,11 +161,12 @@ class AccessRequests:
         state: str,
         until: datetime | None,
         reason: str | None,
+        note: AuditNote | None,
     ) -> dict[str, Any]:
         verb = "approving" if state == "approved" else "refusing"
         row = self._decidable(who, org, name, f"{verb} access requests for")
         a, u = db.access_requests, db.users
-        with self._lock, self.engine.begin() as conn:
+        with self._lock, self.catalog.audit.transaction() as conn:
             latest = conn.execute(
                 select(a.c.id)
                 .join(u, u.c.id == a.c.user_id)
@@ -159,6 +187,8 @@ class AccessRequests:
                     decided_at=db.utcnow(),
                 )
             )
+            if note is not None:
+                self.catalog.audit.append_note(conn, note, org=org, dataset=name)
         return self._one(int(latest.id))
 
     def _state_condition(self, state: str) -> ColumnElement[bool]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from khazna import db
 from khazna.access.accounts import Principal, parse_expiry
-from khazna.api.deps import HubDep, Who, check_caller, record
+from khazna.api.deps import HubDep, Who, check_caller, note
 from khazna.errors import BadRequest, Forbidden, Unauthorized
 from khazna.hub import Hub
 
@@ -57,7 +57,7 @@ def _token_owner(who: Principal) -> int:
 
 
 @router.post("/tokens", status_code=201, tags=["tokens"])
-def create_token(body: TokenIn, who: Who, hub: HubDep) -> dict[str, Any]:
+def create_token(body: TokenIn, request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
     """A new token for the caller; its secret is in this answer only."""
     user_id = _token_owner(who)
     if body.expires_at is not None and body.ttl is not None:
@@ -72,8 +72,20 @@ def create_token(body: TokenIn, who: Who, hub: HubDep) -> dict[str, Any]:
         limits = hub.catalog.reach(who, body.datasets or [], body.organizations or [])
         if not limits.datasets and not limits.orgs:
             raise BadRequest("a restricted token needs at least one dataset or organization")
+    detail = {
+        "label": body.label,
+        "scope": body.scope,
+        "expires_at": db.iso(expires),
+        "datasets": None if limits is None else sorted(body.datasets or []),
+        "organizations": None if limits is None else sorted(body.organizations or []),
+    }
     secret = hub.accounts.create_token(
-        user_id, label=body.label, scope=body.scope, expires_at=expires, limits=limits
+        user_id,
+        label=body.label,
+        scope=body.scope,
+        expires_at=expires,
+        limits=limits,
+        note=note(request, who, "token.create", detail),
     )
     created = hub.accounts.tokens_of(user_id)[0]
     return {**created, "token": secret}
@@ -85,9 +97,10 @@ def list_tokens(who: Who, hub: HubDep) -> dict[str, Any]:
 
 
 @router.delete("/tokens/{token_id}", status_code=204, tags=["tokens"])
-def revoke_token(token_id: int, who: Who, hub: HubDep) -> Response:
+def revoke_token(token_id: int, request: Request, who: Who, hub: HubDep) -> Response:
     _token_owner(who)
-    hub.accounts.revoke_token_id(who, token_id)
+    entry = note(request, who, "token.revoke", {"token": token_id})
+    hub.accounts.revoke_token_id(who, token_id, note=entry)
     return Response(status_code=204)
 
 
@@ -104,11 +117,10 @@ def ask_access(
 def ask_access_as(
     request: Request, who: Principal, hub: Hub, org: str, name: str, purpose: str
 ) -> dict[str, Any]:
-    """The caller's request for a restricted dataset, logged; the API and the dataset page
-    share it."""
-    asked = hub.access_requests.ask(who, org, name, purpose)
-    record(request, who, "access.request", org=org, dataset=name, detail={"purpose": purpose})
-    return asked
+    """The caller's request for a restricted dataset, logged in the same transaction; the
+    API and the dataset page share it."""
+    entry = note(request, who, "access.request", {"purpose": purpose})
+    return hub.access_requests.ask(who, org, name, purpose, note=entry)
 
 
 @router.get("/datasets/{org}/{name}/access-requests", tags=["access"])
@@ -134,12 +146,12 @@ def approve_as(
     user: str,
     until_text: str | None,
 ) -> dict[str, Any]:
-    """Approve, logged; the API and the access-requests page share it."""
+    """Approve, logged in the same transaction; the API and the access-requests page
+    share it."""
     until = None if until_text is None else parse_expiry(until_text, "until")
-    approved = hub.access_requests.approve(who, org, name, user, until)
     detail = {"user": user, "until": None if until is None else until.isoformat()}
-    record(request, who, "access.approve", org=org, dataset=name, detail=detail)
-    return approved
+    entry = note(request, who, "access.approve", detail)
+    return hub.access_requests.approve(who, org, name, user, until, note=entry)
 
 
 @router.post("/datasets/{org}/{name}/access-requests/{user}/refuse", tags=["access"])
@@ -152,11 +164,10 @@ def refuse_access(
 def refuse_as(
     request: Request, who: Principal, hub: Hub, org: str, name: str, user: str, reason: str
 ) -> dict[str, Any]:
-    """Refuse, logged; the API and the access-requests page share it."""
-    refused = hub.access_requests.refuse(who, org, name, user, reason)
-    detail = {"user": user, "reason": reason}
-    record(request, who, "access.refuse", org=org, dataset=name, detail=detail)
-    return refused
+    """Refuse, logged in the same transaction; the API and the access-requests page share
+    it."""
+    entry = note(request, who, "access.refuse", {"user": user, "reason": reason})
+    return hub.access_requests.refuse(who, org, name, user, reason, note=entry)
 
 
 @router.get("/access-requests", tags=["access"])

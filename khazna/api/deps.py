@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
 from khazna.access.accounts import ANONYMOUS, Principal
+from khazna.access.audit import AuditNote
 from khazna.errors import Forbidden, Unauthorized
 from khazna.hub import Hub
 
@@ -76,8 +78,17 @@ def client_address(request: Request) -> str | None:
 
 
 def record(request: Request, who: Principal, action: str, **entry: Any) -> None:
-    """Append an audit entry for this request (``org``, ``dataset``, ``version``, ``detail``)."""
+    """Append an audit entry for this request (``org``, ``dataset``, ``version``, ``detail``)
+    in a transaction of its own: for reads and refusals, which change nothing."""
     get_hub(request).audit.record(who, action, client=client_address(request), **entry)
+
+
+def note(
+    request: Request, who: Principal, action: str, detail: Mapping[str, Any] | None = None
+) -> AuditNote:
+    """The audit entry of a change this request makes, for the service that makes it to
+    write in the change's transaction."""
+    return AuditNote(who, action, dict(detail or {}), client_address(request))
 
 
 def quota_key(request: Request, who: Principal) -> str:

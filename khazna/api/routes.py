@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from khazna import __version__
 from khazna.access.accounts import Principal
 from khazna.api.bodies import body_chunks, header_text
-from khazna.api.deps import HubDep, Who, check_caller, quota_key, record
+from khazna.api.deps import HubDep, Who, check_caller, note, quota_key, record
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
@@ -93,9 +93,13 @@ def me(who: Who, hub: HubDep) -> dict[str, Any]:
 def create_organization(
     body: OrganizationIn, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
-    created = hub.catalog.create_organization(who, body.name, body.title, body.description)
-    record(request, who, "organization.create", org=body.name)
-    return created
+    return hub.catalog.create_organization(
+        who,
+        body.name,
+        body.title,
+        body.description,
+        note=note(request, who, "organization.create"),
+    )
 
 
 @router.get("/organizations", tags=["organizations"])
@@ -113,9 +117,10 @@ def get_organization(org: str, who: Who, hub: HubDep) -> dict[str, Any]:
 
 @router.put("/organizations/{org}/members", status_code=204, tags=["organizations"])
 def set_member(org: str, body: MemberIn, request: Request, who: Who, hub: HubDep) -> Response:
-    hub.catalog.add_member(who, org, body.user, body.role)
     detail = {"user": body.user, "role": body.role}
-    record(request, who, "membership.change", org=org, detail=detail)
+    hub.catalog.add_member(
+        who, org, body.user, body.role, note=note(request, who, "membership.change", detail)
+    )
     return Response(status_code=204)
 
 
@@ -134,8 +139,9 @@ def create_dataset(body: DatasetIn, request: Request, who: Who, hub: HubDep) -> 
 def create_dataset_as(
     request: Request, who: Principal, hub: Hub, body: DatasetIn
 ) -> dict[str, Any]:
-    """Create the dataset and log it; the API and the publisher's page share it."""
-    created = hub.catalog.create_dataset(
+    """Create the dataset, logged in the same transaction (the entry's detail is the access
+    level it was made with); the API and the publisher's page share it."""
+    return hub.catalog.create_dataset(
         who,
         body.org,
         body.name,
@@ -145,17 +151,8 @@ def create_dataset_as(
         license=body.license,
         access=body.access,
         residency=body.residency,
+        note=note(request, who, "dataset.create"),
     )
-    record(
-        request,
-        who,
-        "dataset.create",
-        org=body.org,
-        dataset=body.name,
-        version=0,
-        detail={"access": created["access"]},
-    )
-    return created
 
 
 @router.get("/datasets/{org}/{name}", tags=["datasets"])
@@ -168,11 +165,10 @@ def update_dataset(
     org: str, name: str, body: DatasetPatch, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
-    updated = hub.catalog.update_dataset(who, org, name, changes)
     # Changing the access level changes who may read: a permission change.
     action = "permission.change" if "access" in changes else "dataset.update"
-    record(request, who, action, org=org, dataset=name, detail={"changes": changes})
-    return updated
+    entry = note(request, who, action, {"changes": changes})
+    return hub.catalog.update_dataset(who, org, name, changes, note=entry)
 
 
 @router.get("/datasets/{org}/{name}/versions", tags=["datasets"])
@@ -259,6 +255,7 @@ async def receive_file(
         raise
     if early is not None:
         hub.tables.early.stored(early, blob.sha256, options_key(options))
+    files = [{"name": file, "sha256": blob.sha256, "size": blob.size}]
     try:
         committed = await run_in_threadpool(
             partial(
@@ -269,6 +266,7 @@ async def receive_file(
                 {file: blob},
                 message=header_text(request.headers.get("x-khazna-message", "")),
                 table_options={file: options},
+                note=note(request, who, "upload", {"files": files}),
             )
         )
     except BaseException:
@@ -277,18 +275,6 @@ async def receive_file(
         raise
     if early is not None and committed.jobs.get(file) is None:
         hub.tables.early.drop(early, "no ingest was needed")
-    await run_in_threadpool(
-        partial(
-            record,
-            request,
-            who,
-            "upload",
-            org=org,
-            dataset=name,
-            version=committed.version,
-            detail={"files": [{"name": file, "sha256": blob.sha256, "size": blob.size}]},
-        )
-    )
     job = committed.jobs.get(file)
     return {
         "name": file,
@@ -304,15 +290,13 @@ def delete_file(
     org: str, name: str, file: str, request: Request, who: Who, hub: HubDep
 ) -> dict[str, Any]:
     """Make a new version without the file; older versions keep it."""
-    committed = hub.catalog.commit_version(who, org, name, {file: None}, message=f"removed {file}")
-    record(
-        request,
+    committed = hub.catalog.commit_version(
         who,
-        "delete",
-        org=org,
-        dataset=name,
-        version=committed.version,
-        detail={"file": file},
+        org,
+        name,
+        {file: None},
+        message=f"removed {file}",
+        note=note(request, who, "delete", {"file": file}),
     )
     return {"version": committed.version}
 
@@ -349,19 +333,8 @@ async def upload_chunk(
 
 @router.post("/uploads/{session_id}/commit", tags=["uploads"])
 def commit_upload(session_id: str, request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
-    done = hub.uploads.commit(who, session_id)
-    org, name = hub.uploads.dataset_of(session_id)
-    files = [{k: f[k] for k in ("name", "sha256", "size")} for f in done["files"]]
-    record(
-        request,
-        who,
-        "upload",
-        org=org,
-        dataset=name,
-        version=done["version"],
-        detail={"session": session_id, "files": files},
-    )
-    return done
+    # The entry's detail is the session and the version's files.
+    return hub.uploads.commit(who, session_id, note=note(request, who, "upload"))
 
 
 @router.delete("/uploads/{session_id}", status_code=204, tags=["uploads"])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
@@ -13,6 +12,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from khazna import db
 from khazna.access.accounts import Principal, TokenLimits
+from khazna.access.audit import AuditLog, AuditNote
 from khazna.access.policy import AccessPolicy, check_level, check_role
 from khazna.catalog.formats import media_type
 from khazna.catalog.names import check_file_name, check_slug, normalize_text
@@ -78,6 +78,8 @@ class CommittedVersion:
 # Called inside the commit's transaction with the dataset id and the new version's files;
 # returns the jobs it queued by file name. The tables room uses it to queue ingests.
 VersionHook = Callable[[Connection, int, list[FileEntry]], dict[str, int]]
+# A caller's own step in one commit's transaction: the version's number and its files.
+VersionStep = Callable[[Connection, int, list[FileEntry]], None]
 
 
 @dataclass(frozen=True)
@@ -113,27 +115,36 @@ class Catalog:
         engine: Engine,
         policy: AccessPolicy,
         search: SearchIndex,
+        audit: AuditLog,
         storage: StorageLocation | None = None,
     ) -> None:
         self.engine = engine
+        # A change and its audit entry are written in one transaction.
+        self.audit = audit
         # Where this hub writes bytes; residency is checked against its jurisdiction.
         self.storage = storage or StorageLocation("local", None)
         self.policy = policy
         self.search = search
-        # SQLite allows one writer; serializing writers in-process avoids lock upgrade
-        # deadlocks between threads. PostgreSQL relies on the unique constraints alone.
-        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
         self.version_hooks: list[VersionHook] = []
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
-        with self._write_lock or nullcontext(), self.engine.begin() as conn:
+        # SQLite allows one writer; serializing writers in-process (with the audit log's
+        # appends) avoids lock upgrade deadlocks between threads. PostgreSQL relies on the
+        # row locks and unique constraints.
+        with self.audit.transaction() as conn:
             yield conn
 
     # organizations -------------------------------------------------------------------
 
     def create_organization(
-        self, who: Principal, name: str, title: object = None, description: object = None
+        self,
+        who: Principal,
+        name: str,
+        title: object = None,
+        description: object = None,
+        *,
+        note: AuditNote | None = None,
     ) -> dict[str, Any]:
         if not who.authenticated or who.user_id is None:
             raise Unauthorized("creating an organization needs an API token")
@@ -151,6 +162,8 @@ class Catalog:
                 conn.execute(
                     insert(db.memberships).values(org_id=org_id, user_id=who.user_id, role="admin")
                 )
+                if note is not None:
+                    self.audit.append_note(conn, note, org=name)
         except IntegrityError as exc:
             raise Conflict(f"organization {name!r} already exists") from exc
         return self.organization(name)
@@ -165,7 +178,9 @@ class Catalog:
             rows = conn.execute(select(db.organizations).order_by(db.organizations.c.name)).all()
         return [_org_view(r) for r in rows]
 
-    def add_member(self, who: Principal, org: str, user: str, role: str) -> None:
+    def add_member(
+        self, who: Principal, org: str, user: str, role: str, *, note: AuditNote | None = None
+    ) -> None:
         check_role(role)
         with self._begin() as conn:
             org_row = self._org_row(conn, org)
@@ -184,6 +199,8 @@ class Catalog:
                     update=["role"],
                 )
             )
+            if note is not None:
+                self.audit.append_note(conn, note, org=org)
 
     def roles_by_name(self, who: Principal) -> dict[str, str]:
         """The caller's role in each organization, by organization name."""
@@ -214,7 +231,9 @@ class Catalog:
         license: object = None,
         access: object = "public",
         residency: object = None,
+        note: AuditNote | None = None,
     ) -> dict[str, Any]:
+        """``note``: the audit entry, its detail completed with the access level."""
         check_slug(org, "organization")
         check_slug(name, "dataset")
         values = {
@@ -246,12 +265,23 @@ class Catalog:
                 ).inserted_primary_key[0]  # type: ignore[index]
                 self._set_tags(conn, dataset_id, tag_list)
                 self.search.index(conn, dataset_id)
+                if note is not None:
+                    detail = {**note.detail, "access": values["access"]}
+                    self.audit.append_note(
+                        conn, replace(note, detail=detail), org=org, dataset=name, version=0
+                    )
         except IntegrityError as exc:
             raise Conflict(f"dataset {org}/{name} already exists") from exc
         return self.dataset(who, org, name)
 
     def update_dataset(
-        self, who: Principal, org: str, name: str, changes: Mapping[str, object]
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        changes: Mapping[str, object],
+        *,
+        note: AuditNote | None = None,
     ) -> dict[str, Any]:
         allowed = {"title", "description", "tags", "license", "access", "residency"}
         unknown = set(changes) - allowed
@@ -282,6 +312,8 @@ class Catalog:
             if tag_list is not None:
                 self._set_tags(conn, row.id, tag_list)
             self.search.index(conn, row.id)
+            if note is not None:
+                self.audit.append_note(conn, note, org=org, dataset=name)
         return self.dataset(who, org, name)
 
     def _set_tags(self, conn: Connection, dataset_id: int, tags: list[str]) -> None:
@@ -503,14 +535,16 @@ class Catalog:
         *,
         message: str = "",
         table_options: Mapping[str, dict[str, Any]] | None = None,
-        also: Callable[[Connection, int], None] | None = None,
+        also: VersionStep | None = None,
+        note: AuditNote | None = None,
     ) -> CommittedVersion:
         """Make a new version from the current one with ``changes`` applied.
 
         ``changes`` maps file names to their new blob, or None to remove the file. The
         blobs must already be stored. A change that alters nothing makes no version.
-        ``also`` runs in the commit's transaction with the version number; what it
-        raises undoes the commit.
+        ``also`` runs in the commit's transaction with the version number and its files;
+        what it raises undoes the commit. ``note`` is the audit entry, appended last in the
+        same transaction with the version's number: both are committed or neither.
         """
         table_options = table_options or {}
         for file_name in changes:
@@ -521,7 +555,9 @@ class Catalog:
         # table's SQL name taken by another dataset meanwhile, a deadlock).
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                return self._commit_once(who, org, name, changes, message, table_options, also=also)
+                return self._commit_once(
+                    who, org, name, changes, message, table_options, also=also, note=note
+                )
             except (DBAPIError, _Raced) as exc:
                 if not _lost_race(exc):
                     raise
@@ -539,7 +575,8 @@ class Catalog:
         changes: Mapping[str, StoredBlob | None],
         message: str,
         table_options: Mapping[str, dict[str, Any]],
-        also: Callable[[Connection, int], None] | None,
+        also: VersionStep | None,
+        note: AuditNote | None,
     ) -> CommittedVersion:
         with self._begin() as conn:
             row = self._writable_row(conn, who, org, name, lock=True)
@@ -564,7 +601,11 @@ class Catalog:
             ordered = sorted(files.values(), key=lambda f: f.name)
             if files == current and row.current_version > 0:
                 if also is not None:
-                    also(conn, row.current_version)
+                    also(conn, row.current_version, ordered)
+                if note is not None:
+                    self.audit.append_note(
+                        conn, note, org=org, dataset=name, version=row.current_version
+                    )
                 return CommittedVersion(row.id, row.current_version, ordered, {})
             number = row.current_version + 1
             now = db.utcnow()
@@ -608,7 +649,10 @@ class Catalog:
             for hook in self.version_hooks:
                 jobs.update(hook(conn, int(row.id), ordered))
             if also is not None:
-                also(conn, number)
+                also(conn, number, ordered)
+            # Last: on PostgreSQL the chain's head stays locked until the commit.
+            if note is not None:
+                self.audit.append_note(conn, note, org=org, dataset=name, version=number)
         return CommittedVersion(int(row.id), number, ordered, jobs)
 
     def known_blobs(self) -> Iterable[tuple[str, int]]:

@@ -13,6 +13,7 @@ import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from khazna import db
 from khazna.access.accounts import Principal
+from khazna.access.audit import AuditNote
 from khazna.catalog.names import check_file_name
-from khazna.catalog.service import Catalog
+from khazna.catalog.service import Catalog, FileEntry
 from khazna.checksums import file_sha256
 from khazna.errors import (
     BadRequest,
@@ -232,7 +234,11 @@ class UploadSessions:
             )
         return {"name": file_name, "size": int(entry.size), "received": received}
 
-    def commit(self, who: Principal, session_id: str) -> dict[str, Any]:
+    def commit(
+        self, who: Principal, session_id: str, *, note: AuditNote | None = None
+    ) -> dict[str, Any]:
+        """Make the session's version. ``note``: its audit entry, written in the version's
+        transaction, its detail completed with the session and the version's files."""
         row = self._session(who, session_id)
         if row.state != "open":
             raise Conflict(f"upload session {session_id} is {row.state}")
@@ -246,12 +252,12 @@ class UploadSessions:
                     received=received,
                 )
         try:
-            return self._commit(who, session_id, row, files)
+            return self._commit(who, session_id, row, files, note)
         except OSError as exc:
             raise StorageFailure(f"could not store the upload: {exc}") from exc
 
     def _commit(
-        self, who: Principal, session_id: str, row: Any, files: list[Any]
+        self, who: Principal, session_id: str, row: Any, files: list[Any], note: AuditNote | None
     ) -> dict[str, Any]:
         org, name = self._dataset_name(row.dataset_id)
         # Rights and residency may have changed since the session opened.
@@ -275,7 +281,7 @@ class UploadSessions:
             for f in files
         }
 
-        def close_session(conn: Connection, version: int) -> None:
+        def close_session(conn: Connection, version: int, entries: list[FileEntry]) -> None:
             # In the version's transaction, and only from "open": of two commits of one
             # session racing (a client retrying through another hub process), one makes
             # the version and the other changes nothing.
@@ -286,6 +292,12 @@ class UploadSessions:
             ).rowcount
             if closed != 1:
                 raise Conflict(f"upload session {session_id} is no longer open")
+            if note is not None:
+                listed = [{k: e.as_dict()[k] for k in ("name", "sha256", "size")} for e in entries]
+                detail = {**note.detail, "session": session_id, "files": listed}
+                self.catalog.audit.append_note(
+                    conn, replace(note, detail=detail), org=org, dataset=name, version=version
+                )
 
         committed = self.catalog.commit_version(
             who, org, name, stored, message=row.message, also=close_session
@@ -309,14 +321,6 @@ class UploadSessions:
                 .where(d.c.id == dataset_id)
             ).one()
         return str(r.name), str(r.ds)
-
-    def dataset_of(self, session_id: str) -> tuple[str, str]:
-        """``(org, dataset)`` a session uploads to (no access check: for the audit log)."""
-        with self.engine.connect() as conn:
-            dataset_id = conn.execute(
-                select(db.upload_sessions.c.dataset_id).where(db.upload_sessions.c.id == session_id)
-            ).scalar_one()
-        return self._dataset_name(int(dataset_id))
 
     def abort(self, who: Principal, session_id: str) -> None:
         row = self._session(who, session_id)
