@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from khazna import __version__
-from khazna.api import access, audit, errors, routes, tables
+from khazna.api import access, audit, errors, routes, stac, tables
 from khazna.config import Settings
 from khazna.hub import Hub
 from khazna.web import pages
@@ -39,6 +39,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     app.include_router(tables.router)
     app.include_router(access.router)
     app.include_router(audit.router)
+    app.include_router(stac.router)
     app.add_api_route("/health", routes.health, include_in_schema=False)
     app.include_router(pages.router)
     return app

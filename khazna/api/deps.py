@@ -11,7 +11,7 @@ from khazna.errors import Forbidden, Unauthorized
 from khazna.hub import Hub
 
 # Calls that change nothing though they are not GET: a read-only token may make them.
-READING_POSTS = {"/api/v1/sql"}
+READING_POSTS = {"/api/v1/sql", "/stac/search"}
 _READING_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 

@@ -16,6 +16,8 @@ from khazna.api.deps import HubDep, Who, check_caller, quota_key, record
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
+from khazna.geo.cog import is_raster
+from khazna.geo.rasters import parse_raster_options
 from khazna.storage.blobstore import too_large
 from khazna.tables.registry import options_key, parse_table_options
 
@@ -151,7 +153,8 @@ def create_dataset(body: DatasetIn, request: Request, who: Who, hub: HubDep) -> 
 
 @router.get("/datasets/{org}/{name}", tags=["datasets"])
 def get_dataset(org: str, name: str, who: Who, hub: HubDep) -> dict[str, Any]:
-    return hub.tables.annotate(hub.catalog.dataset(who, org, name))
+    dataset = hub.tables.annotate(hub.catalog.dataset(who, org, name))
+    return hub.rasters.annotate(dataset)
 
 
 @router.patch("/datasets/{org}/{name}", tags=["datasets"])
@@ -206,10 +209,14 @@ async def upload_file(
     """Stream the raw body into storage; a complete upload makes a new version.
 
     A table file (CSV, TSV, XLSX, JSON, NDJSON, Parquet) is then ingested by a job, whose id
-    the answer gives; ``?encoding=&delimiter=&header=&sheet=`` say how to read it.
+    the answer gives; ``?encoding=&delimiter=&header=&sheet=`` say how to read it. A GeoTIFF
+    is checked and made a Cloud Optimized GeoTIFF by a job; ``?datetime=`` (RFC 3339) gives
+    its acquisition time when its tags hold none.
     """
     check_file_name(file)
     options = parse_table_options(request.query_params)
+    if is_raster(file):
+        options |= parse_raster_options(request.query_params)
     await run_in_threadpool(hub.catalog.check_writable, who, org, name)
     limit = hub.settings.max_upload_bytes
     declared = request.headers.get("content-length")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +129,10 @@ class Catalog:
     def _begin(self) -> Iterator[Connection]:
         with self._write_lock or nullcontext(), self.engine.begin() as conn:
             yield conn
+
+    def writing(self) -> AbstractContextManager[Connection]:
+        """A write transaction, queued behind the catalog's own writers on SQLite."""
+        return self._begin()
 
     # organizations -------------------------------------------------------------------
 
