@@ -19,6 +19,7 @@ router = APIRouter(dependencies=[Depends(check_caller)])
 
 STAC_VERSION = "1.1.0"
 GEOJSON = "application/geo+json"
+OPENAPI = "application/vnd.oai.openapi+json;version=3.0"
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 CONFORMANCE = [
@@ -179,8 +180,8 @@ def landing(request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
         {"rel": "search", "href": f"{base}/stac/search", "type": GEOJSON, "method": "POST"},
         {
             "rel": "service-desc",
-            "href": f"{base}/api/v1/openapi.json",
-            "type": "application/vnd.oai.openapi+json;version=3.0",
+            "href": f"{base}/stac/api",
+            "type": OPENAPI,
         },
         {"rel": "service-doc", "href": f"{base}/docs", "type": "text/html"},
     ]
@@ -196,6 +197,12 @@ def landing(request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
         "conformsTo": CONFORMANCE,
         "links": links,
     }
+
+
+@router.get("/stac/api", tags=["stac"])
+def service_description(request: Request) -> Response:
+    """The hub's OpenAPI document, with the media type STAC API clients ask for."""
+    return JSONResponse(request.app.openapi(), media_type=OPENAPI)
 
 
 @router.get("/stac/conformance", tags=["stac"])
@@ -255,7 +262,7 @@ async def search_post(request: Request, who: Who, hub: HubDep) -> JSONResponse:
         raise BadRequest("the search body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the search body must be a JSON object")
-    query = parse_query(body)
+    query = parse_query(body, body=True)
     rows, matched = hub.rasters.search(who, query)
     next_link = {
         "rel": "next",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,9 +30,15 @@ class ItemQuery:
     offset: int = 0
 
 
+# RFC 3339 section 5.6: a full date, "T", a time with seconds, and an offset ("Z" or ±hh:mm).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
 def parse_rfc3339(value: str, what: str = "datetime") -> datetime:
     try:
-        parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
+        if not _RFC3339.fullmatch(value.strip()):
+            raise ValueError(value)
+        parsed = datetime.fromisoformat(value.strip().upper().replace(" ", "T"))
     except ValueError:
         raise BadRequest(f"{what} {value!r} is not an RFC 3339 date-time", field=what) from None
     if parsed.tzinfo is None:
@@ -117,8 +124,17 @@ def _int(value: Any, what: str, default: int) -> int:
         raise BadRequest(f"{what} must be an integer", field=what) from None
 
 
-def parse_query(params: dict[str, Any], collection: str | None = None) -> ItemQuery:
-    """From a GET query string (strings) or a POST body (JSON values)."""
+def parse_query(
+    params: dict[str, Any], collection: str | None = None, *, body: bool = False
+) -> ItemQuery:
+    """From a GET query string (strings), or a POST body (``body``: JSON values, where
+    lists are arrays and a geometry is an object, never a comma-separated string)."""
+    if body:
+        for name in ("collections", "ids", "bbox"):
+            if params.get(name) is not None and not isinstance(params[name], list):
+                raise BadRequest(f"{name} must be a JSON array in a POST body", field=name)
+        if params.get("intersects") is not None and not isinstance(params["intersects"], dict):
+            raise BadRequest("intersects must be a GeoJSON object", field="intersects")
     if params.get("bbox") is not None and params.get("intersects") is not None:
         raise BadRequest("give bbox or intersects, not both", field="bbox")
     limit = _int(params.get("limit"), "limit", DEFAULT_LIMIT)
