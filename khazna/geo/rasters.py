@@ -368,7 +368,7 @@ class Rasters:
             .join(d, d.c.id == s.c.dataset_id)
             .join(o, o.c.id == d.c.org_id)
             .where(and_(true(), *cond))
-            .order_by(o.c.name, d.c.name, s.c.item_id)
+            .order_by(o.c.name, d.c.name, self._binary(s.c.item_id))
         )
         with self.engine.connect() as conn:
             if query.intersects is None:
@@ -385,6 +385,11 @@ class Rasters:
                 matched = len(every)
                 rows = every[query.offset : query.offset + query.limit]
         return [ItemRow(r.org, r.name, int(r.version), dict(r.item)) for r in rows], int(matched)
+
+    def _binary(self, column: Any) -> Any:
+        """Item ids in code-point order on both databases (SQLite's default), so that pages
+        and their order do not depend on a PostgreSQL locale."""
+        return column.collate("C") if self.engine.dialect.name == "postgresql" else column
 
     def item(self, who: Principal, cid: str, item_id: str) -> ItemRow:
         self.collection(who, cid)
