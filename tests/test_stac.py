@@ -17,7 +17,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import DATA, Api
+from tests.conftest import DATA, REPO, Api
 
 RASTER = DATA / "raster"
 SCENE = "S2A_29RKH_20200219_0_L2A"
@@ -140,6 +140,11 @@ def test_two_sentinel_band_files_and_their_stac_item_make_one_item(api: Api) -> 
     assert red["href"] == f"{base}/{B04.name}?version=3"
     assert nir["href"] == f"{base}/{B08.name}?version=3"
     assert stac(api, red["href"]).content == B04.read_bytes()
+    # Its "COG" is the upload itself, under the name every COG has.
+    cog = stac(api, f"/api/v1/datasets/{ORG}/s2/files/{B04.name}/cog")
+    assert cog.status_code == 200 and cog.content == B04.read_bytes()
+    assert "S2A_29RKH_20200219_L2A_B04_red_100m_cog.cog.tif" in cog.headers["content-disposition"]
+    assert cog_validate_bytes(B04.read_bytes())
     assert set(item["stac_extensions"]) == {
         "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
         "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
@@ -352,6 +357,15 @@ def test_a_dataset_without_rasters_is_not_a_collection(api: Api) -> None:
     assert r.status_code == 404
     assert "holds no rasters" in r.json()["error"]["message"]
     assert stac(api, "/stac/collections/no-dot").status_code == 404
+
+
+def test_every_stac_route_is_documented(api: Api) -> None:
+    doc = (REPO / "docs" / "api.md").read_text(encoding="utf-8")
+    for route in api.http.app.routes:  # type: ignore[attr-defined]
+        path = getattr(route, "path", "")
+        if path.startswith("/stac"):
+            for method in sorted(set(route.methods) - {"HEAD"}):
+                assert f"`{method} {path}`" in doc, (method, path)
 
 
 def test_landing_page_and_conformance(api: Api) -> None:

@@ -291,11 +291,11 @@ def download_cog(
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
     """The Cloud Optimized GeoTIFF made from a raster file that was not one; Range reads."""
-    ref = hub.rasters.cog_of(who, org, name, file, version)
+    ref, store = hub.rasters.cog_of(who, org, name, file, version)
     key = quota_key(request, who)
     response = file_response(
         request,
-        hub.derived,
+        store,
         ref,
         pinned=version is not None,
         reserve=lambda length: hub.quotas.download(key, length),

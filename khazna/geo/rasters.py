@@ -400,8 +400,9 @@ class Rasters:
 
     def cog_of(
         self, who: Principal, org: str, name: str, file_name: str, version: int | None
-    ) -> ResolvedFile:
-        """The converted COG of a raster file the caller may read, as a file to serve."""
+    ) -> tuple[ResolvedFile, BlobStore]:
+        """The COG of a raster file the caller may read, as a file to serve and the store
+        holding it: the converted COG, or the upload itself when it already was one."""
         ref = self.catalog.resolve_file(who, org, name, file_name, version)
         if not cog.is_raster(file_name):
             raise NotFound(f"{file_name!r} is not a raster")
@@ -417,7 +418,8 @@ class Rasters:
             raise Unprocessable(str(asset.error))
         stem = file_name.rsplit(".", 1)[0]
         entry = FileEntry(f"{stem}.cog.tif", int(asset.cog_size), asset.cog_sha256, "image/tiff")
-        return ResolvedFile(ref.org, ref.dataset, ref.access, ref.version, entry)
+        store = self.blobs if asset.cog_sha256 == ref.file.sha256 else self.derived
+        return ResolvedFile(ref.org, ref.dataset, ref.access, ref.version, entry), store
 
     def is_converted(self, sha: str) -> bool:
         with self.engine.connect() as conn:
