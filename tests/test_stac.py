@@ -17,6 +17,7 @@ from rasterio.io import MemoryFile
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
+from khazna.demo import load_demo
 from tests.conftest import DATA, REPO, Api
 
 RASTER = DATA / "raster"
@@ -379,3 +380,17 @@ def test_landing_page_and_conformance(api: Api) -> None:
     desc = stac(api, "/stac/api")
     assert desc.headers["content-type"] == "application/vnd.oai.openapi+json;version=3.0"
     assert "/stac/search" in desc.json()["paths"]
+
+
+def test_the_demo_scene_is_one_item_of_the_demo_collection(api: Api) -> None:
+    load_demo(api.hub)
+    deadline = time.monotonic() + 120
+    while api.hub.jobs.pending():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    page = stac(api, "/stac/collections/demo.sentinel2-29rkh-2020-02-19/items").json()
+    assert page["numberMatched"] == 1
+    item = page["features"][0]
+    assert item["id"] == SCENE
+    assert sorted(item["assets"]) == ["nir", "red"]
+    assert item["bbox"] == pytest.approx(expected_bbox(B08), abs=1e-9)
