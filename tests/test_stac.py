@@ -18,6 +18,7 @@ from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
 from khazna.demo import load_demo
+from khazna.geo.scenes import group
 from tests.conftest import DATA, REPO, Api
 
 RASTER = DATA / "raster"
@@ -394,3 +395,44 @@ def test_the_demo_scene_is_one_item_of_the_demo_collection(api: Api) -> None:
     assert item["id"] == SCENE
     assert sorted(item["assets"]) == ["nir", "red"]
     assert item["bbox"] == pytest.approx(expected_bbox(B08), abs=1e-9)
+
+
+def test_a_sidecar_with_a_malformed_datetime_gives_an_item_without_one(api: Api) -> None:
+    make_dataset(api, "odd")
+    sidecar = json.loads(SIDECAR.read_text())
+    sidecar["properties"]["datetime"] = "février 2020"
+    upload(api, "odd", SIDECAR.name, json.dumps(sidecar).encode())
+    assert wait(api, upload(api, "odd", B04.name, B04.read_bytes())["job"])["state"] == "done"
+    item = stac(api, f"/stac/collections/{ORG}.odd/items/{SCENE}").json()
+    assert item["properties"]["datetime"] is None
+    assert sorted(item["assets"]) == ["red"]
+    assert ids(stac(api, "/stac/search", params={"datetime": "../2030-01-01T00:00:00Z"})) == []
+
+
+def test_band_files_join_the_sidecar_they_share_the_most_leading_tokens_with() -> None:
+    def sidecar(item_id: str) -> dict[str, Any]:
+        assets = {"red": {"href": "s3://x/B04.tif"}, "nir": {"href": "s3://x/B08.tif"}}
+        return {"type": "Feature", "id": item_id, "assets": assets}
+
+    scenes = group(
+        [
+            "S2A_29RKH_20200219_B04.tif",
+            "S2A_29RKH_20200219_B08.tif",
+            "S2A_29RKH_20200301_red.tif",
+            "S2B_other_B04.tif",
+            "elsewhere.tif",
+        ],
+        {
+            "S2A_29RKH_20200219.stac.json": sidecar("scene-a"),
+            "S2A_29RKH_20200301.stac.json": sidecar("scene-b"),
+        },
+    )
+    assert [(s.item_id, s.files) for s in scenes] == [
+        ("S2B_other_B04", {"data": "S2B_other_B04.tif"}),  # shares no leading token
+        ("elsewhere", {"data": "elsewhere.tif"}),
+        (
+            "scene-a",
+            {"red": "S2A_29RKH_20200219_B04.tif", "nir": "S2A_29RKH_20200219_B08.tif"},
+        ),
+        ("scene-b", {"red": "S2A_29RKH_20200301_red.tif"}),
+    ]

@@ -24,7 +24,7 @@ from khazna.access.accounts import Principal
 from khazna.access.policy import AccessPolicy
 from khazna.catalog.service import Catalog, FileEntry, ResolvedFile
 from khazna.checksums import file_sha256
-from khazna.errors import Conflict, NotFound, Unprocessable
+from khazna.errors import BadRequest, Conflict, KhaznaError, NotFound, Unprocessable
 from khazna.geo import cog
 from khazna.geo.scenes import SIDECAR_SUFFIX, build_item, group
 from khazna.geo.search import ItemQuery, parse_rfc3339
@@ -151,6 +151,7 @@ class Rasters:
                 if valid:  # already a COG: the original is the asset, nothing is copied
                     cog_sha, cog_size, converted = sha, self.blobs.size(sha), False
                 else:
+                    self._check_residency(sha)
                     target = work / "cog.tif"
                     cog.to_cog(source, target)
                     cog_sha, cog_size, converted = (
@@ -174,6 +175,25 @@ class Rasters:
             shutil.rmtree(work, ignore_errors=True)
         items = self._refresh_holders(sha)
         return {"cog_sha256": cog_sha, "converted": converted, "items": items}
+
+    def _check_residency(self, sha: str) -> None:
+        """A converted COG goes where the original is; refuse it when a dataset holding the
+        original has since come to require another jurisdiction (as tables do)."""
+        d, o, v, vf = db.datasets, db.organizations, db.versions, db.version_files
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(o.c.name, d.c.name.label("ds"), d.c.residency)
+                .join(o, o.c.id == d.c.org_id)
+                .join(v, v.c.dataset_id == d.c.id)
+                .join(vf, vf.c.version_id == v.c.id)
+                .where(vf.c.sha256 == sha, d.c.residency.is_not(None))
+                .distinct()
+            ).all()
+        for r in rows:
+            try:
+                self.catalog.check_residency(str(r.name), str(r.ds), r.residency)
+            except KhaznaError as exc:
+                raise PermanentFailure(exc.message) from exc
 
     def _record(self, sha: str, **values: Any) -> None:
         with self.engine.begin() as conn:
@@ -240,18 +260,24 @@ class Rasters:
             if any(name in pending for name in scene.files.values()):
                 continue  # complete once every band is ready
             item = build_item(scene, infos, datetimes)
+            when = item["properties"].get("datetime")
+            try:
+                moment = parse_rfc3339(when) if isinstance(when, str) else None
+            except BadRequest:  # a sidecar's own datetime, malformed: the item has none
+                moment = None
+            if moment is None:
+                item["properties"]["datetime"] = None
             for key, asset in item["assets"].items():
                 info = infos[scene.files[key]]
                 # Served as the original file, or as its converted COG (api/stac.py).
                 asset["converted"] = info["converted"]
-            when = item["properties"].get("datetime")
             west, south, east, north = item["bbox"]
             rows.append(
                 {
                     "dataset_id": dataset_id,
                     "item_id": item["id"],
                     "version": int(number),
-                    "datetime": parse_rfc3339(when) if when else None,
+                    "datetime": moment,
                     "west": west,
                     "south": south,
                     "east": east,

@@ -26,6 +26,11 @@ def tokens(name: str) -> list[str]:
     return [t for t in _TOKENS.split(name) if t]
 
 
+def _usable_id(value: object) -> bool:
+    """An id a URL path segment and the database's 255 characters can hold."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and "/" not in value
+
+
 def _shared_prefix(a: list[str], b: list[str]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -64,8 +69,8 @@ def group(rasters: list[str], sidecars: dict[str, dict[str, Any]]) -> list[Scene
     """Scenes of a version: ``rasters`` are file names, ``sidecars`` file name -> Item."""
     scenes: dict[str, Scene] = {}
     for sidecar_name, item in sorted(sidecars.items()):
-        item_id = item.get("id")
-        if isinstance(item_id, str) and item_id and item_id not in scenes:
+        item_id = str(item.get("id"))
+        if _usable_id(item.get("id")) and item_id not in scenes:
             scenes[item_id] = Scene(item_id, sidecar=item, sidecar_file=sidecar_name)
     alone: list[Scene] = []
     for name in sorted(rasters):
