@@ -188,6 +188,10 @@ def test_a_geotiff_that_is_not_a_cog_is_converted_and_kept_byte_exact(api: Api) 
     # And a range of the COG is a range.
     part = stac(api, href, headers={"Range": "bytes=0-99"})
     assert part.status_code == 206 and part.content == converted.content[:100]
+    # khazna verify re-hashes the derived COG as well as the upload.
+    report = api.hub.verify()
+    assert report.ok, report.problems
+    assert report.blobs_checked == 2
 
 
 def cog_validate_bytes(data: bytes) -> bool:
