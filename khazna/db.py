@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -245,6 +246,38 @@ table_names = Table(
     Column("file_name", String(255), nullable=False),
     Column("sql_name", String(200), nullable=False, unique=True),
     PrimaryKeyConstraint("dataset_id", "file_name"),
+)
+
+# A raster derived from an uploaded GeoTIFF (khazna/geo): keyed by the file's content, so
+# identical uploads share one conversion. ``cog_sha256`` equals the source when the upload
+# already was a valid Cloud Optimized GeoTIFF (nothing is copied).
+raster_assets = Table(
+    "raster_assets",
+    metadata,
+    Column("source_sha256", String(64), primary_key=True),
+    Column("status", String(20), nullable=False),  # ready, failed
+    Column("cog_sha256", String(64), nullable=True),
+    Column("cog_size", BigInteger, nullable=True),
+    Column("info", JSON, nullable=True),  # CRS, shape, transform, WGS84 bbox, bands
+    Column("error", Text, nullable=True),
+    _ts("created_at"),
+)
+
+# The STAC items of each dataset's current version, rebuilt when a version is made or a
+# raster of it is ready. Bounds and datetime are columns, for search.
+stac_items = Table(
+    "stac_items",
+    metadata,
+    Column("dataset_id", Integer, ForeignKey("datasets.id"), nullable=False),
+    Column("item_id", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("datetime", DateTime(timezone=True), nullable=True),
+    Column("west", Float, nullable=False),
+    Column("south", Float, nullable=False),
+    Column("east", Float, nullable=False),
+    Column("north", Float, nullable=False),
+    Column("item", JSON, nullable=False),  # the item without links; assets name files
+    PrimaryKeyConstraint("dataset_id", "item_id"),
 )
 
 # The audit log (khazna/access/audit.py): append-only, each entry hashing the one before.

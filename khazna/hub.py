@@ -17,6 +17,7 @@ from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
 from khazna.errors import StorageFailure
+from khazna.geo.rasters import RASTER_JOB, Rasters
 from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import BlobStore, LocalBlobStore
 from khazna.storage.encryption import (
@@ -96,10 +97,23 @@ class Hub:
             early_min_bytes=settings.early_ingest_min_bytes,
             audit=self.audit,
         )
+        self.rasters = Rasters(
+            self.engine,
+            self.catalog,
+            self.policy,
+            self.blobs,
+            self.derived,
+            self.jobs,
+            settings.home / "work",
+        )
         self.query_slots = QuerySlots(settings.sql_concurrency)
         self.runner = JobRunner(
             self.jobs,
-            {INGEST_JOB: self.tables.run_ingest, PROFILE_JOB: self.tables.run_profile},
+            {
+                INGEST_JOB: self.tables.run_ingest,
+                PROFILE_JOB: self.tables.run_profile,
+                RASTER_JOB: self.rasters.run_ingest,
+            },
         )
         self.uploads = UploadSessions(
             self.engine,
@@ -135,6 +149,8 @@ class Hub:
             _check(report, self.blobs, sha, "blob", size)
         for sha in self.tables.known_parquet():
             _check(report, self.derived, sha, "derived table")
+        for sha in self.rasters.known_cogs():
+            _check(report, self.derived, sha, "derived COG")
         return report
 
     def close(self) -> None:

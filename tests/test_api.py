@@ -54,8 +54,9 @@ def without_job(answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def listed(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A dataset's files without their ``table`` entry (see tests/test_tables_api.py)."""
-    return [{k: v for k, v in f.items() if k != "table"} for f in files]
+    """A dataset's files without their ``table`` or ``raster`` entry (see
+    tests/test_tables_api.py and tests/test_stac.py)."""
+    return [{k: v for k, v in f.items() if k not in ("table", "raster")} for f in files]
 
 
 def entry(name: str, data: bytes) -> dict[str, Any]:

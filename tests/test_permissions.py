@@ -2,13 +2,15 @@
 level, for every kind of caller, answers exactly as docs/api.md#access-levels says.
 
 The rules:
-- metadata (dataset, versions, web page, ingest job) of public, registered and restricted
-  datasets: 200 for everyone; of a private dataset: 200 for its organization and hub
-  admins, 404 for anyone else (its existence does not leak).
-- data (downloads of every version, HEAD, rows, schema, profile): public 200; registered
-  401 without a token, 200 with one; restricted 401 without a token, 403 ("request
-  access") for a signed-in user without a live approval (none, or expired), 200 for an
-  approved user, a member or a hub admin; private as its metadata (200 or 404).
+- metadata (dataset, versions, web page, ingest job, STAC collection and items) of
+  public, registered and restricted datasets: 200 for everyone; of a private dataset:
+  200 for its organization and hub admins, 404 for anyone else (its existence does not
+  leak).
+- data (downloads of every version, HEAD, rows, schema, profile, a STAC asset, a raster's
+  COG): public 200; registered 401 without a token, 200 with one; restricted 401 without
+  a token, 403 ("request access") for a signed-in user without a live approval (none, or
+  expired), 200 for an approved user, a member or a hub admin; private as its metadata
+  (200 or 404).
 - SQL: a table the caller may not read does not exist for it (400, the same message as
   for a name that exists nowhere).
 - a token restricted to other datasets: everything here is 404 (nothing exists for it),
@@ -37,6 +39,8 @@ ORG = "sante"
 FILE = "regions.csv"
 LEVELS = ("public", "registered", "restricted", "private")
 REGIONS = (DATA / "tables" / "morocco_regions_rgph2024.csv").read_bytes().splitlines(True)
+RASTER = "red.tif"
+B04 = (DATA / "raster" / "S2A_29RKH_20200219_L2A_B04_red_100m_cog.tif").read_bytes()
 # Each level's dataset holds a different number of regions: distinct files, distinct jobs,
 # and a SQL count that says which table answered.
 ROWS = {"public": 12, "registered": 11, "restricted": 10, "private": 9}
@@ -108,18 +112,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             jobs[level] = call(
                 "PUT", f"{API}/datasets/{ORG}/{level}/files/{FILE}", editor, content=data
             )["job"]["id"]
+        # The same GeoTIFF in each: one job makes a STAC item in every one of them.
+        raster_jobs = {
+            job["id"]
+            for level in LEVELS
+            if (
+                job := call(
+                    "PUT", f"{API}/datasets/{ORG}/{level}/files/{RASTER}", editor, content=B04
+                )["job"]
+            )
+        }
         call(
             "POST",
             f"{API}/datasets",
             admin,
             json={"org": "autre", "name": "ouvert", "tags": ["autre"]},
         )
-        for level in LEVELS:
+        for job_id in [*jobs.values(), *raster_jobs]:
             deadline = time.monotonic() + 60
-            while hub.jobs.get(jobs[level])["state"] not in ("done", "failed"):
+            while hub.jobs.get(job_id)["state"] not in ("done", "failed"):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            assert hub.jobs.get(jobs[level])["state"] == "done"
+            assert hub.jobs.get(job_id)["state"] == "done"
         for user, until in (("chercheuse", None), ("ancien", "2099-01-01")):
             token = approved if user == "chercheuse" else expired
             call(
@@ -186,6 +200,9 @@ METADATA = {
     "versions": ("GET", f"{API}/datasets/{ORG}/{{level}}/versions"),
     "page": ("GET", f"/datasets/{ORG}/{{level}}"),
     "job": ("GET", f"{API}/jobs/{{job}}"),
+    "stac_collection": ("GET", f"/stac/collections/{ORG}.{{level}}"),
+    "stac_items": ("GET", f"/stac/collections/{ORG}.{{level}}/items"),
+    "stac_item": ("GET", f"/stac/collections/{ORG}.{{level}}/items/red"),
 }
 DATA_PATHS = {
     "download": ("GET", f"{API}/datasets/{ORG}/{{level}}/files/{FILE}"),
@@ -195,6 +212,8 @@ DATA_PATHS = {
     "rows": ("GET", f"/api/v1/tables/{ORG}/{{level}}/{FILE}/rows?limit=1"),
     "schema": ("GET", f"/api/v1/tables/{ORG}/{{level}}/{FILE}/schema"),
     "profile": ("GET", f"/api/v1/tables/{ORG}/{{level}}/{FILE}/profile"),
+    "stac_asset": ("GET", f"{API}/datasets/{ORG}/{{level}}/files/{RASTER}"),
+    "cog": ("GET", f"{API}/datasets/{ORG}/{{level}}/files/{RASTER}/cog"),
 }
 
 
@@ -267,7 +286,7 @@ def test_search_counts_and_facets_do_not_leak(world: World) -> None:
         ]
         assert everything["facets"]["org"] == {"sante": 3, "autre": 1}
         assert everything["facets"]["tag"] == outsider_tags
-        assert everything["facets"]["format"] == {"CSV": 3}
+        assert everything["facets"]["format"] == {"CSV": 3, "GeoTIFF": 3}
         # The private dataset's own words find nothing, and are counted nowhere.
         assert found(caller, q="zanzibarprivate") == {
             "count": 0,
@@ -280,12 +299,38 @@ def test_search_counts_and_facets_do_not_leak(world: World) -> None:
         everything = found(caller)
         assert everything["count"] == 5
         assert everything["facets"]["tag"] == {**outsider_tags, "sante": 4, "niveau-private": 1}
-        assert everything["facets"]["format"] == {"CSV": 4}
+        assert everything["facets"]["format"] == {"CSV": 4, "GeoTIFF": 4}
         assert found(caller, q="zanzibarprivate")["count"] == 1
     only = found("restricted_token")
     assert (only["count"], [d["name"] for d in only["results"]]) == (1, ["ouvert"])
     assert only["facets"]["org"] == {"autre": 1}
     assert found("restricted_token", q="zanzibarpublic")["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("caller", "levels"),
+    [
+        ("anonymous", ["public", "registered", "restricted"]),
+        ("expired", ["public", "registered", "restricted"]),
+        ("member", ["private", "public", "registered", "restricted"]),
+        ("read_only", ["private", "public", "registered", "restricted"]),
+        ("restricted_token", []),
+    ],
+)
+def test_stac_lists_and_counts_only_what_the_caller_may_see(
+    world: World, caller: str, levels: list[str]
+) -> None:
+    headers = world.headers(caller)
+    listed = world.http.get("/stac/collections", headers=headers).json()["collections"]
+    assert [c["id"] for c in listed] == [f"{ORG}.{level}" for level in levels]
+    for method in ("GET", "POST"):
+        kw: dict[str, Any] = {"json": {}} if method == "POST" else {}
+        page = world.http.request(method, "/stac/search", headers=headers, **kw).json()
+        assert page["numberMatched"] == len(levels)
+        assert [f["collection"] for f in page["features"]] == [f"{ORG}.{lv}" for lv in levels]
+    landing = world.http.get("/stac", headers=headers).json()
+    children = [ln["href"].rsplit("/", 1)[-1] for ln in landing["links"] if ln["rel"] == "child"]
+    assert children == [f"{ORG}.{level}" for level in levels]
 
 
 @pytest.mark.parametrize(

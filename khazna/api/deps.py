@@ -14,7 +14,7 @@ from khazna.errors import Forbidden, Unauthorized
 from khazna.hub import Hub
 
 # Calls that change nothing though they are not GET: a read-only token may make them.
-READING_POSTS = {"/api/v1/sql", "/sql", "/sql/download", "/signin", "/signout"}
+READING_POSTS = {"/api/v1/sql", "/stac/search", "/sql", "/sql/download", "/signin", "/signout"}
 # The web pages' sign-in: the token, in an HttpOnly, SameSite=Strict cookie. Only the pages
 # read it; the API answers to the Authorization header alone.
 SESSION_COOKIE = "khazna_token"

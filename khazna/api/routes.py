@@ -17,6 +17,8 @@ from khazna.api.deps import HubDep, Who, check_caller, note, quota_key, record
 from khazna.api.downloads import file_response
 from khazna.catalog.names import check_file_name
 from khazna.errors import BadRequest
+from khazna.geo.cog import is_raster
+from khazna.geo.rasters import parse_raster_options
 from khazna.hub import Hub
 from khazna.storage.blobstore import too_large
 from khazna.tables.registry import options_key, parse_table_options
@@ -157,7 +159,8 @@ def create_dataset_as(
 
 @router.get("/datasets/{org}/{name}", tags=["datasets"])
 def get_dataset(org: str, name: str, who: Who, hub: HubDep) -> dict[str, Any]:
-    return hub.tables.annotate(hub.catalog.dataset(who, org, name))
+    dataset = hub.tables.annotate(hub.catalog.dataset(who, org, name))
+    return hub.rasters.annotate(dataset)
 
 
 @router.patch("/datasets/{org}/{name}", tags=["datasets"])
@@ -211,7 +214,9 @@ async def upload_file(
     """Stream the raw body into storage; a complete upload makes a new version.
 
     A table file (CSV, TSV, XLSX, JSON, NDJSON, Parquet) is then ingested by a job, whose id
-    the answer gives; ``?encoding=&delimiter=&header=&sheet=`` say how to read it.
+    the answer gives; ``?encoding=&delimiter=&header=&sheet=`` say how to read it. A GeoTIFF
+    is checked and made a Cloud Optimized GeoTIFF by a job; ``?datetime=`` (RFC 3339) gives
+    its acquisition time when its tags hold none.
     """
     return await receive_file(request, who, hub, org, name, file)
 
@@ -223,6 +228,8 @@ async def receive_file(
     publisher's upload page share it."""
     check_file_name(file)
     options = parse_table_options(request.query_params)
+    if is_raster(file):
+        options |= parse_raster_options(request.query_params)
     await run_in_threadpool(hub.catalog.check_writable, who, org, name)
     limit = hub.settings.max_upload_bytes
     declared = request.headers.get("content-length")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -134,6 +134,10 @@ class Catalog:
         # row locks and unique constraints.
         with self.audit.transaction() as conn:
             yield conn
+
+    def writing(self) -> AbstractContextManager[Connection]:
+        """A write transaction, queued behind the catalog's own writers on SQLite."""
+        return self._begin()
 
     # organizations -------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Rasters: GeoTIFF checking, Cloud Optimized GeoTIFF conversion, STAC items and search."""
