@@ -3,6 +3,7 @@ access levels holding on every page exactly as in the API."""
 
 from __future__ import annotations
 
+import csv
 import io
 import time
 from pathlib import Path
@@ -281,6 +282,39 @@ def test_the_preview_shows_the_profile_of_each_column(demo: Api) -> None:
     provinces = profile.split('<th scope="row" dir="auto">provinces</th>')[1].split("</tr>")[0]
     assert '<span dir="auto">8</span> <span class="count">(3)</span>' in provinces
     assert '<th scope="col">Valeurs vides</th>' in profile
+
+
+def test_the_preview_draws_each_histogram_bin_with_its_words(demo: Api) -> None:
+    with REGIONS.open(encoding="utf-8", newline="") as f:
+        provinces = [int(r["provinces"]) for r in csv.DictReader(f)]
+    # 2 to 9 provinces a region: eight bins of one value, counted here from the CSV.
+    counts = {n: provinces.count(n) for n in range(2, 10)}
+    assert counts == {2: 1, 3: 0, 4: 2, 5: 2, 6: 1, 7: 1, 8: 3, 9: 2}
+    api = demo.http.get(PROFILE).json()["columns"]["provinces"]["histogram"]
+    assert api == [{"from": n, "to": n, "count": c} for n, c in counts.items()]
+    page = demo.http.get(PREVIEW, params={"lang": "en"})
+    assert '<th scope="col">Distribution</th>' in page.text
+    row = page.text.split('<th scope="row" dir="auto">provinces</th>')[1].split("</tr>")[0]
+    bars = row.split('<ul class="histogram">')[1].split("</ul>")[0].split("<li>")[1:]
+    # Each bar as tall as its count against the fullest bin (3), and said in words.
+    assert bars[0] == (
+        '<span class="bar" aria-hidden="true" style="block-size: 33.3%"></span>'
+        '<span class="visually-hidden">1 row from 2 to 2</span></li>'
+    )
+    assert '<span class="visually-hidden">0 rows from 3 to 3</span>' in bars[1]
+    assert (
+        'style="block-size: 100.0%"></span><span class="visually-hidden">3 rows from 8 to 8'
+        in bars[6]
+    )
+    assert len(bars) == 8
+    assert '<span class="range" dir="ltr">2 – 9</span>' in row
+    arabic = demo.http.get(PREVIEW, params={"lang": "ar"}).text
+    assert '<span class="visually-hidden">صفان من 9 إلى 9</span>' in arabic
+    french = demo.http.get(PREVIEW, params={"lang": "fr"}).text
+    assert '<span class="visually-hidden">3 lignes de 8 à 8</span>' in french
+    # Text columns have none.
+    name = page.text.split('<th scope="row" dir="auto">name_fr</th>')[1].split("</tr>")[0]
+    assert "histogram" not in name
 
 
 # SQL page ----------------------------------------------------------------------------
