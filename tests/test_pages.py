@@ -4,6 +4,7 @@ access levels holding on every page exactly as in the API."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
+from khazna import db
 from khazna.app import create_app
 from khazna.config import Settings
 from khazna.demo import load_demo, manifest
@@ -109,6 +111,60 @@ def test_the_organization_page_lists_its_datasets(demo: Api) -> None:
 def test_pages_for_unknown_things_are_404(demo: Api) -> None:
     assert demo.http.get("/datasets/demo/nothing").status_code == 404
     assert demo.http.get("/organizations/nobody").status_code == 404
+
+
+def _uses(page: str) -> list[tuple[str, str]]:
+    """The home page's most used datasets: (link, counts line), in order."""
+    section = page.split('<h2 id="most-used">')[1].split("</section>")[0]
+    cards = section.split('<article class="card">')[1:]
+    return [
+        (
+            card.split('<h3><a href="')[1].split("?")[0],
+            card.split('<p class="uses">')[1].split("</p>")[0],
+        )
+        for card in cards
+    ]
+
+
+def test_the_home_page_shows_the_most_used_datasets_each_may_see(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(api, "recensement", (REGIONS.name, REGIONS.read_bytes()))
+    publish(api, "dossiers", (PROVINCES.name, PROVINCES.read_bytes()), access="private")
+    assert 'id="most-used"' not in api.http.get("/").text  # nothing used yet
+    files = f"/api/v1/datasets/{ORG}"
+    for _ in range(2):
+        assert api.http.get(f"{files}/recensement/files/{REGIONS.name}").status_code == 200
+    rows = f"/api/v1/tables/{ORG}/recensement/{REGIONS.name}/rows"
+    assert api.http.get(rows).status_code == 200
+    sql = "SELECT count(*) FROM ministere_sante_recensement_morocco_regions_rgph2024"
+    assert api.http.post("/api/v1/sql", json={"sql": sql}).status_code == 200
+    editor = api.auth(api.editor)
+    for _ in range(5):
+        download = f"{files}/dossiers/files/{PROVINCES.name}"
+        assert api.http.get(download, headers=editor).status_code == 200
+    # Forty days ago: out of the window.
+    long_ago = db.utcnow() - dt.timedelta(days=40)
+    monkeypatch.setattr(db, "utcnow", lambda: long_ago)
+    for _ in range(5):
+        assert api.http.get(f"{files}/recensement/files/{REGIONS.name}").status_code == 200
+    monkeypatch.undo()
+
+    public = f"/datasets/{ORG}/recensement"
+    # A stranger sees the public dataset only, its counts of the last 30 days.
+    assert _uses(api.http.get("/", params={"lang": "en"}).text) == [
+        (public, "2 downloads · 1 page of rows · 1 query")
+    ]
+    # The editor also sees the private one, used more (5 uses against 4).
+    page = api.http.get("/", params={"lang": "fr"}, headers=editor).text
+    assert _uses(page) == [
+        (f"/datasets/{ORG}/dossiers", "5 téléchargements · 0 page de lignes · 0 requête"),
+        (public, "2 téléchargements · 1 page de lignes · 1 requête"),
+    ]
+    assert "Téléchargements, aperçus et requêtes des 30 derniers jours." in page
+    assert api.hub.catalog.most_used(api.hub.accounts.authenticate(api.editor), limit=1)[0][
+        "uses"
+    ] == {"download": 5, "rows": 0, "query": 0, "total": 5}
 
 
 def test_a_private_dataset_page_is_hidden_from_strangers(api: Api) -> None:

@@ -56,6 +56,8 @@ PAGE_PREFIXES = (
     "/requests",
 )
 AUDIT_PAGE = 50
+# The home page's most used datasets: downloads, pages of rows and queries in these days.
+MOST_USED_DAYS = 30
 PREVIEW_ROWS = 50
 # The preview page's own parameters, which are not filters on the table's columns.
 FILTER_FORM = ("_column", "_op", "_value")
@@ -154,7 +156,12 @@ def error_page(
 def home(request: Request, who: Who, hub: HubDep) -> HTMLResponse:
     latest = hub.search.search(who, "", limit=12)
     return render(
-        request, "home.html", latest=latest["results"], organizations=hub.catalog.organizations()
+        request,
+        "home.html",
+        latest=latest["results"],
+        most_used=hub.catalog.most_used(who, days=MOST_USED_DAYS),
+        days=MOST_USED_DAYS,
+        organizations=hub.catalog.organizations(),
     )
 
 
