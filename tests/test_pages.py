@@ -4,8 +4,10 @@ access levels holding on every page exactly as in the API."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
+import json
 import time
 from pathlib import Path
 
@@ -165,6 +167,87 @@ def test_the_home_page_shows_the_most_used_datasets_each_may_see(
     assert api.hub.catalog.most_used(api.hub.accounts.authenticate(api.editor), limit=1)[0][
         "uses"
     ] == {"download": 5, "rows": 0, "query": 0, "total": 5}
+
+
+# Rabat's old medina, roughly, and a point at the Hassan tower.
+MEDINA = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {"name": "المدينة القديمة"},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [[-6.842, 34.021], [-6.830, 34.021], [-6.830, 34.028], [-6.842, 34.028],
+                     [-6.842, 34.021]]
+                ],
+            },
+        },
+        {
+            "type": "Feature",
+            "properties": {"name": "Tour Hassan"},
+            "geometry": {"type": "Point", "coordinates": [-6.8225, 34.024]},
+        },
+    ],
+}  # fmt: skip
+
+
+def test_a_geojson_file_is_drawn_on_a_map_with_its_bounding_box_in_words(api: Api) -> None:
+    geojson = json.dumps(MEDINA, ensure_ascii=False).encode()
+    not_geo = json.dumps({"type": "Catalog", "id": "x"}).encode()
+    publish(api, "medina", ("medina.geojson", geojson), ("meta.json", not_geo))
+    page = api.http.get(f"/datasets/{ORG}/medina", params={"lang": "fr"})
+    assert page.status_code == 200
+    section = page.text.split('<h2 id="map">Carte</h2>')[1].split("</section>")[0]
+    assert section.count('<figure class="map-layer">') == 1  # meta.json is no FeatureCollection
+    assert (
+        '<figcaption><span dir="ltr">medina.geojson</span> · emprise : ouest -6.842, '
+        "sud 34.021, est -6.8225, nord 34.028</figcaption>"
+    ) in section
+    data = section.split('<script type="application/json" id="map-1-data">')[1].split("</script>")[
+        0
+    ]
+    assert json.loads(data) == MEDINA
+    assert '<script src="/static/vendor/leaflet/leaflet.js" defer></script>' in section
+    assert "data-tiles" not in section  # no tile server unless the operator sets one
+    # Drawing it is reading the file: logged as a download, shown on the map.
+    entries = api.http.get(
+        "/api/v1/audit", params={"action": "download"}, headers=api.auth(api.admin)
+    ).json()["entries"]
+    assert entries[0]["detail"]["shown"] == "map"
+    assert entries[0]["detail"]["file"] == "medina.geojson"
+    # The hub serves its own Leaflet and the page's script.
+    for path in ("/static/vendor/leaflet/leaflet.js", "/static/vendor/leaflet/leaflet.css",
+                 "/static/map.js"):  # fmt: skip
+        assert api.http.get(path).status_code == 200
+    plain = api.http.get("/", params={"lang": "fr"})
+    assert "leaflet" not in plain.text
+
+
+def test_the_operator_may_point_the_map_at_their_own_tile_server(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiles = "https://tiles.example.ma/{z}/{x}/{y}.png"
+    monkeypatch.setenv("KHAZNA_MAP_TILES_URL", tiles)
+    assert Settings.from_env().map_tiles_url == tiles
+    monkeypatch.setattr(
+        api.hub, "settings", dataclasses.replace(api.hub.settings, map_tiles_url=tiles)
+    )
+    publish(api, "medina", ("medina.geojson", json.dumps(MEDINA).encode()))
+    page = api.http.get(f"/datasets/{ORG}/medina", params={"lang": "en"})
+    assert f'data-tiles="{tiles}"' in page.text
+
+
+def test_a_private_geojson_is_not_drawn_for_strangers(api: Api) -> None:
+    publish(api, "zones", ("zones.geojson", json.dumps(MEDINA).encode()), access="registered")
+    anonymous = api.http.get(f"/datasets/{ORG}/zones", params={"lang": "en"})
+    assert anonymous.status_code == 200
+    assert 'id="map"' not in anonymous.text
+    signed_in = api.http.get(
+        f"/datasets/{ORG}/zones", params={"lang": "en"}, headers=api.auth(api.outsider)
+    )
+    assert "bounding box: west -6.842, south 34.021, east -6.8225, north 34.028" in signed_in.text
 
 
 def test_a_private_dataset_page_is_hidden_from_strangers(api: Api) -> None:
