@@ -7,7 +7,7 @@ KHAZNA_HOME ?= ./khazna-data
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test check lint typecheck install clean messages screenshots
+.PHONY: run test check lint typecheck install clean messages screenshots vendor
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "Khazna needs Python 3.11 ($(PYTHON) not found)"; exit 1; }
@@ -49,3 +49,13 @@ screenshots: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The pages' browser libraries (package.json, pinned in package-lock.json), copied from
+# node_modules into the package; the copies are committed, so neither a clean clone nor
+# pip install needs npm or the network. Run after changing package.json.
+VENDOR := khazna/web/static/vendor
+vendor:
+	npm ci --no-audit --no-fund --ignore-scripts
+	rm -rf $(VENDOR)/leaflet && mkdir -p $(VENDOR)/leaflet
+	cp -r node_modules/leaflet/dist/leaflet.js node_modules/leaflet/dist/leaflet.css \
+		node_modules/leaflet/dist/images node_modules/leaflet/LICENSE $(VENDOR)/leaflet/

@@ -71,6 +71,9 @@ class Settings:
     daily_download_bytes: int = 0
     # The audit log's head is signed every this many entries (and on each export).
     audit_checkpoint_every: int = 1000
+    # The map's tiles: a {z}/{x}/{y} URL template of the operator's own tile server; None
+    # draws geo data on a plain background (the hub contacts no outside server).
+    map_tiles_url: str | None = None
     # Where blobs and derived Parquet live: None for KHAZNA_HOME on local disk, or an
     # s3://bucket[/prefix]?endpoint=&region= URL; and the jurisdiction that place is under.
     storage_url: str | None = None
@@ -141,6 +144,7 @@ class Settings:
                 _number_env("KHAZNA_AUDIT_CHECKPOINT_EVERY", 1000, "entries", positive=True)
             ),
             storage_url=_storage_url_env(),
+            map_tiles_url=(os.environ.get("KHAZNA_MAP_TILES_URL") or "").strip() or None,
             trusted_proxies=(os.environ.get("KHAZNA_TRUSTED_PROXIES") or "127.0.0.1").strip(),
             storage_jurisdiction=_jurisdiction_env(),
             encryption_key_file=_key_file_env(),

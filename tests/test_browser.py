@@ -9,14 +9,16 @@ folder), so the README's pictures are what this test saw.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from tests.conftest import LiveServer, start_server, stop_server
 
@@ -284,4 +286,66 @@ def test_a_publisher_creates_a_dataset_and_uploads_a_file_with_a_progress_bar(
     expect(first.nth(3)).to_have_text("upload")
     expect(first.nth(4)).to_have_text("demo/stations-meteo")
     page.screenshot(path=shots / "audit-fr.png")
+    page.context.close()
+
+
+MEDINA_GEOJSON = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {"name": "المدينة القديمة"},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [[-6.842, 34.021], [-6.830, 34.021], [-6.830, 34.028], [-6.842, 34.028],
+                     [-6.842, 34.021]]
+                ],
+            },
+        },
+        {
+            "type": "Feature",
+            "properties": {"name": "Tour Hassan"},
+            "geometry": {"type": "Point", "coordinates": [-6.8225, 34.024]},
+        },
+    ],
+}  # fmt: skip
+
+
+def test_a_geojson_file_is_drawn_on_a_map_and_nothing_leaves_the_hub(
+    browser: Browser, demo_server: LiveServer, shots: Path
+) -> None:
+    auth = {"Authorization": f"Bearer {demo_server.token}"}
+    api = f"{demo_server.url}/api/v1"
+    made = httpx.post(f"{api}/datasets", json={"org": "demo", "name": "medina-rabat"}, headers=auth)
+    assert made.status_code == 201, made.text
+    sent = httpx.put(
+        f"{api}/datasets/demo/medina-rabat/files/medina.geojson",
+        content=json.dumps(MEDINA_GEOJSON).encode(),
+        headers=auth,
+    )
+    assert sent.status_code == 200, sent.text
+    page = new_page(browser, "ar")
+    hub_host = urlsplit(demo_server.url).hostname
+    assert hub_host == "127.0.0.1"
+    elsewhere: list[str] = []
+
+    def only_the_hub(route: Route) -> None:
+        if urlsplit(route.request.url).hostname == hub_host:
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_hub)
+    page.goto(demo_server.url + "/datasets/demo/medina-rabat")
+    assert page.locator("html").get_attribute("dir") == "rtl"
+    expect(page.get_by_role("heading", name="الخريطة")).to_be_visible()
+    # Leaflet drew the polygon and the point as SVG paths in its overlay pane.
+    paths = page.locator("#map-1 .leaflet-overlay-pane svg path")
+    expect(paths).to_have_count(2)
+    assert page.locator("#map-1 .leaflet-tile").count() == 0  # no tiles: a plain background
+    expect(page.get_by_text("الإطار المحيط: الغرب -6.842")).to_be_visible()
+    page.screenshot(path=shots / "map-ar.png")
+    assert elsewhere == []
     page.context.close()

@@ -168,7 +168,8 @@ def test_profile_of_the_regions_table(tmp_path: Path) -> None:
     result = run(REGIONS, tmp_path)
     stats = profile(result.parquet, result.columns)
     assert list(stats) == [c.name for c in result.columns]
-    assert stats["provinces"] == {
+    assert stats["provinces"] | {"histogram": None} == {
+        "histogram": None,  # tested below
         "nulls": 0,
         "distinct_estimate": 7,
         "min": 2,
@@ -199,6 +200,73 @@ def test_profile_gives_dates_as_iso_strings_and_counts_nulls(tmp_path: Path) -> 
     assert (stats["day"]["min"], stats["day"]["max"]) == ("2024-01-15", "2024-03-01")
     assert stats["at"]["nulls"] == 2
     assert stats["at"]["top"] == [{"value": "2024-01-15T08:00:00", "count": 1}]
+    assert json.loads(json.dumps(stats)) == stats
+
+
+def _bins_by_hand(values: list[int], bins: int = 10) -> list[dict[str, int]]:
+    """Equal-width integer bins as the profile documents them, counted one value at a time."""
+    low, high = min(values), max(values)
+    width = -(-(high - low + 1) // bins)  # ceil
+    edges = []
+    start = low
+    while start <= high:
+        edges.append((start, min(start + width - 1, high)))
+        start += width
+    return [{"from": a, "to": b, "count": sum(a <= v <= b for v in values)} for a, b in edges]
+
+
+def test_profile_histograms_of_the_provinces_table(tmp_path: Path) -> None:
+    result = run(PROVINCES, tmp_path)
+    stats = profile(result.parquet, result.columns)
+    with PROVINCES.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    population = [int(r["population_2024"]) for r in rows]
+    histogram = stats["population_2024"]["histogram"]
+    assert histogram == _bins_by_hand(population)
+    # The real figures: 83 prefectures and provinces, Casablanca's 3.2 million alone on top.
+    assert len(population) == sum(b["count"] for b in histogram) == 83
+    assert histogram[0]["from"] == min(population)
+    assert histogram[-1] == {"from": histogram[-1]["from"], "to": 3_218_036, "count": 1}
+    cercles = [int(r["cercles"]) for r in rows]
+    assert stats["cercles"]["histogram"] == _bins_by_hand(cercles)
+    # Text columns have no histogram; the other fields are as before.
+    assert "histogram" not in stats["name_fr"]
+    assert set(stats["cercles"]) == {"nulls", "distinct_estimate", "min", "max", "top", "histogram"}
+
+
+def test_profile_histogram_of_the_regions_provinces_column(tmp_path: Path) -> None:
+    stats = profile(*(lambda r: (r.parquet, r.columns))(run(REGIONS, tmp_path)))
+    # 2 to 9 provinces: eight bins of one value each, empty ones included.
+    assert stats["provinces"]["histogram"] == [
+        {"from": n, "to": n, "count": c}
+        for n, c in [(2, 1), (3, 0), (4, 2), (5, 2), (6, 1), (7, 1), (8, 3), (9, 2)]
+    ]
+
+
+def test_profile_histograms_of_dates_timestamps_and_doubles_leave_nulls_out(
+    tmp_path: Path,
+) -> None:
+    src = write(
+        tmp_path / "h.csv",
+        "day,at,x\n2024-01-01,,1.5\n2024-01-10,2024-01-15 08:00:00,2.5\n,,\n2024-01-02,,2.0\n",
+    )
+    result = run(src, tmp_path / "w")
+    stats = profile(result.parquet, result.columns)
+    assert [c.type for c in result.columns] == ["DATE", "TIMESTAMP", "DOUBLE"]
+    # Ten days, ten bins of a day; the null left out.
+    days = stats["day"]["histogram"]
+    assert len(days) == 10
+    assert days[0] == {"from": "2024-01-01", "to": "2024-01-01", "count": 1}
+    assert days[1] == {"from": "2024-01-02", "to": "2024-01-02", "count": 1}
+    assert days[9] == {"from": "2024-01-10", "to": "2024-01-10", "count": 1}
+    assert sum(b["count"] for b in days) == 3
+    assert stats["at"]["histogram"] == [
+        {"from": "2024-01-15T08:00:00", "to": "2024-01-15T08:00:00", "count": 1}
+    ]
+    doubles = stats["x"]["histogram"]
+    assert [b["count"] for b in doubles] == [1, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert (doubles[0]["from"], doubles[-1]["to"]) == (1.5, 2.5)
+    assert doubles[5]["from"] == pytest.approx(2.0)
     assert json.loads(json.dumps(stats)) == stats
 
 

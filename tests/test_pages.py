@@ -3,7 +3,11 @@ access levels holding on every page exactly as in the API."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import datetime as dt
 import io
+import json
 import time
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
+from khazna import db
 from khazna.app import create_app
 from khazna.config import Settings
 from khazna.demo import load_demo, manifest
@@ -108,6 +113,141 @@ def test_the_organization_page_lists_its_datasets(demo: Api) -> None:
 def test_pages_for_unknown_things_are_404(demo: Api) -> None:
     assert demo.http.get("/datasets/demo/nothing").status_code == 404
     assert demo.http.get("/organizations/nobody").status_code == 404
+
+
+def _uses(page: str) -> list[tuple[str, str]]:
+    """The home page's most used datasets: (link, counts line), in order."""
+    section = page.split('<h2 id="most-used">')[1].split("</section>")[0]
+    cards = section.split('<article class="card">')[1:]
+    return [
+        (
+            card.split('<h3><a href="')[1].split("?")[0],
+            card.split('<p class="uses">')[1].split("</p>")[0],
+        )
+        for card in cards
+    ]
+
+
+def test_the_home_page_shows_the_most_used_datasets_each_may_see(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(api, "recensement", (REGIONS.name, REGIONS.read_bytes()))
+    publish(api, "dossiers", (PROVINCES.name, PROVINCES.read_bytes()), access="private")
+    assert 'id="most-used"' not in api.http.get("/").text  # nothing used yet
+    files = f"/api/v1/datasets/{ORG}"
+    for _ in range(2):
+        assert api.http.get(f"{files}/recensement/files/{REGIONS.name}").status_code == 200
+    rows = f"/api/v1/tables/{ORG}/recensement/{REGIONS.name}/rows"
+    assert api.http.get(rows).status_code == 200
+    sql = "SELECT count(*) FROM ministere_sante_recensement_morocco_regions_rgph2024"
+    assert api.http.post("/api/v1/sql", json={"sql": sql}).status_code == 200
+    editor = api.auth(api.editor)
+    for _ in range(5):
+        download = f"{files}/dossiers/files/{PROVINCES.name}"
+        assert api.http.get(download, headers=editor).status_code == 200
+    # Forty days ago: out of the window.
+    long_ago = db.utcnow() - dt.timedelta(days=40)
+    monkeypatch.setattr(db, "utcnow", lambda: long_ago)
+    for _ in range(5):
+        assert api.http.get(f"{files}/recensement/files/{REGIONS.name}").status_code == 200
+    monkeypatch.undo()
+
+    public = f"/datasets/{ORG}/recensement"
+    # A stranger sees the public dataset only, its counts of the last 30 days.
+    assert _uses(api.http.get("/", params={"lang": "en"}).text) == [
+        (public, "2 downloads · 1 page of rows · 1 query")
+    ]
+    # The editor also sees the private one, used more (5 uses against 4).
+    page = api.http.get("/", params={"lang": "fr"}, headers=editor).text
+    assert _uses(page) == [
+        (f"/datasets/{ORG}/dossiers", "5 téléchargements · 0 page de lignes · 0 requête"),
+        (public, "2 téléchargements · 1 page de lignes · 1 requête"),
+    ]
+    assert "Téléchargements, aperçus et requêtes des 30 derniers jours." in page
+    assert api.hub.catalog.most_used(api.hub.accounts.authenticate(api.editor), limit=1)[0][
+        "uses"
+    ] == {"download": 5, "rows": 0, "query": 0, "total": 5}
+
+
+# Rabat's old medina, roughly, and a point at the Hassan tower.
+MEDINA = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "properties": {"name": "المدينة القديمة"},
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [[-6.842, 34.021], [-6.830, 34.021], [-6.830, 34.028], [-6.842, 34.028],
+                     [-6.842, 34.021]]
+                ],
+            },
+        },
+        {
+            "type": "Feature",
+            "properties": {"name": "Tour Hassan"},
+            "geometry": {"type": "Point", "coordinates": [-6.8225, 34.024]},
+        },
+    ],
+}  # fmt: skip
+
+
+def test_a_geojson_file_is_drawn_on_a_map_with_its_bounding_box_in_words(api: Api) -> None:
+    geojson = json.dumps(MEDINA, ensure_ascii=False).encode()
+    not_geo = json.dumps({"type": "Catalog", "id": "x"}).encode()
+    publish(api, "medina", ("medina.geojson", geojson), ("meta.json", not_geo))
+    page = api.http.get(f"/datasets/{ORG}/medina", params={"lang": "fr"})
+    assert page.status_code == 200
+    section = page.text.split('<h2 id="map">Carte</h2>')[1].split("</section>")[0]
+    assert section.count('<figure class="map-layer">') == 1  # meta.json is no FeatureCollection
+    assert (
+        '<figcaption><span dir="ltr">medina.geojson</span> · emprise : ouest -6.842, '
+        "sud 34.021, est -6.8225, nord 34.028</figcaption>"
+    ) in section
+    data = section.split('<script type="application/json" id="map-1-data">')[1].split("</script>")[
+        0
+    ]
+    assert json.loads(data) == MEDINA
+    assert '<script src="/static/vendor/leaflet/leaflet.js" defer></script>' in section
+    assert "data-tiles" not in section  # no tile server unless the operator sets one
+    # Drawing it is reading the file: logged as a download, shown on the map.
+    entries = api.http.get(
+        "/api/v1/audit", params={"action": "download"}, headers=api.auth(api.admin)
+    ).json()["entries"]
+    assert entries[0]["detail"]["shown"] == "map"
+    assert entries[0]["detail"]["file"] == "medina.geojson"
+    # The hub serves its own Leaflet and the page's script.
+    for path in ("/static/vendor/leaflet/leaflet.js", "/static/vendor/leaflet/leaflet.css",
+                 "/static/map.js"):  # fmt: skip
+        assert api.http.get(path).status_code == 200
+    plain = api.http.get("/", params={"lang": "fr"})
+    assert "leaflet" not in plain.text
+
+
+def test_the_operator_may_point_the_map_at_their_own_tile_server(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiles = "https://tiles.example.ma/{z}/{x}/{y}.png"
+    monkeypatch.setenv("KHAZNA_MAP_TILES_URL", tiles)
+    assert Settings.from_env().map_tiles_url == tiles
+    monkeypatch.setattr(
+        api.hub, "settings", dataclasses.replace(api.hub.settings, map_tiles_url=tiles)
+    )
+    publish(api, "medina", ("medina.geojson", json.dumps(MEDINA).encode()))
+    page = api.http.get(f"/datasets/{ORG}/medina", params={"lang": "en"})
+    assert f'data-tiles="{tiles}"' in page.text
+
+
+def test_a_private_geojson_is_not_drawn_for_strangers(api: Api) -> None:
+    publish(api, "zones", ("zones.geojson", json.dumps(MEDINA).encode()), access="registered")
+    anonymous = api.http.get(f"/datasets/{ORG}/zones", params={"lang": "en"})
+    assert anonymous.status_code == 200
+    assert 'id="map"' not in anonymous.text
+    signed_in = api.http.get(
+        f"/datasets/{ORG}/zones", params={"lang": "en"}, headers=api.auth(api.outsider)
+    )
+    assert "bounding box: west -6.842, south 34.021, east -6.8225, north 34.028" in signed_in.text
 
 
 def test_a_private_dataset_page_is_hidden_from_strangers(api: Api) -> None:
@@ -281,6 +421,39 @@ def test_the_preview_shows_the_profile_of_each_column(demo: Api) -> None:
     provinces = profile.split('<th scope="row" dir="auto">provinces</th>')[1].split("</tr>")[0]
     assert '<span dir="auto">8</span> <span class="count">(3)</span>' in provinces
     assert '<th scope="col">Valeurs vides</th>' in profile
+
+
+def test_the_preview_draws_each_histogram_bin_with_its_words(demo: Api) -> None:
+    with REGIONS.open(encoding="utf-8", newline="") as f:
+        provinces = [int(r["provinces"]) for r in csv.DictReader(f)]
+    # 2 to 9 provinces a region: eight bins of one value, counted here from the CSV.
+    counts = {n: provinces.count(n) for n in range(2, 10)}
+    assert counts == {2: 1, 3: 0, 4: 2, 5: 2, 6: 1, 7: 1, 8: 3, 9: 2}
+    api = demo.http.get(PROFILE).json()["columns"]["provinces"]["histogram"]
+    assert api == [{"from": n, "to": n, "count": c} for n, c in counts.items()]
+    page = demo.http.get(PREVIEW, params={"lang": "en"})
+    assert '<th scope="col">Distribution</th>' in page.text
+    row = page.text.split('<th scope="row" dir="auto">provinces</th>')[1].split("</tr>")[0]
+    bars = row.split('<ul class="histogram">')[1].split("</ul>")[0].split("<li>")[1:]
+    # Each bar as tall as its count against the fullest bin (3), and said in words.
+    assert bars[0] == (
+        '<span class="bar" aria-hidden="true" style="block-size: 33.3%"></span>'
+        '<span class="visually-hidden">1 row from 2 to 2</span></li>'
+    )
+    assert '<span class="visually-hidden">0 rows from 3 to 3</span>' in bars[1]
+    assert (
+        'style="block-size: 100.0%"></span><span class="visually-hidden">3 rows from 8 to 8'
+        in bars[6]
+    )
+    assert len(bars) == 8
+    assert '<span class="range" dir="ltr">2 – 9</span>' in row
+    arabic = demo.http.get(PREVIEW, params={"lang": "ar"}).text
+    assert '<span class="visually-hidden">صفان من 9 إلى 9</span>' in arabic
+    french = demo.http.get(PREVIEW, params={"lang": "fr"}).text
+    assert '<span class="visually-hidden">3 lignes de 8 à 8</span>' in french
+    # Text columns have none.
+    name = page.text.split('<th scope="row" dir="auto">name_fr</th>')[1].split("</tr>")[0]
+    assert "histogram" not in name
 
 
 # SQL page ----------------------------------------------------------------------------

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from khazna import db
@@ -446,6 +447,43 @@ class Catalog:
                 .all()
             )
         return [self.dataset(who, org, n) for n in names]
+
+    # What counts as a use of a dataset on the home page: audit entries of these actions.
+    USES = ("download", "rows", "query")
+
+    def most_used(self, who: Principal, *, days: int = 30, limit: int = 6) -> list[dict[str, Any]]:
+        """The datasets the caller may see that were used most in the last ``days``, from
+        the audit log: each as ``dataset()`` gives it, with ``uses`` ``{download, rows,
+        query, total}`` (entries of each action), most used first, then by name."""
+        e, d, o = db.audit_entries, db.datasets, db.organizations
+        since = db.iso(db.utcnow() - timedelta(days=days))
+        counts = [
+            func.sum(case((e.c.action == action, 1), else_=0)).label(f"n_{action}")
+            for action in self.USES
+        ]
+        total = func.count().label("total")
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(o.c.name.label("org_name"), d.c.name, *counts, total)
+                .select_from(e)
+                .join(o, o.c.name == e.c.org)
+                .join(d, and_(d.c.org_id == o.c.id, d.c.name == e.c.dataset))
+                .where(
+                    e.c.action.in_(self.USES),
+                    e.c.at >= since,
+                    self.policy.visible_datasets(who),
+                )
+                .group_by(o.c.name, d.c.name)
+                .order_by(total.desc(), o.c.name, d.c.name)
+                .limit(limit)
+            ).all()
+        used = []
+        for r in rows:
+            uses = {action: int(getattr(r, f"n_{action}")) for action in self.USES}
+            used.append(
+                {**self.dataset(who, r.org_name, r.name), "uses": {**uses, "total": int(r.total)}}
+            )
+        return used
 
     def visible_ref(self, who: Principal, dataset_id: int) -> dict[str, str] | None:
         """``{org, name}`` of a dataset the caller may see, else None."""

@@ -1308,10 +1308,11 @@ def _ingest_parquet(con: Any, source: Path, out: Path) -> IngestResult:
 def profile(
     parquet: Path, columns: list[Column], *, memory_limit: str = "512MB", threads: int = 2
 ) -> dict[str, dict[str, Any]]:
-    """Per column: nulls, distinct_estimate, min, max and the 5 most frequent values.
+    """Per column: nulls, distinct_estimate, min, max and the 5 most frequent values, and
+    for numbers, dates and timestamps a histogram of equal-width bins (``_histogram``).
 
-    Values are JSON-ready: dates and timestamps as ISO strings, non-finite doubles as null,
-    long text cut to 200 characters.
+        Values are JSON-ready: dates and timestamps as ISO strings, non-finite doubles as null,
+        long text cut to 200 characters.
     """
     src = f"read_parquet({_lit(str(parquet))})"
     # Not next to the Parquet file: that folder may be a content-addressed store.
@@ -1336,7 +1337,79 @@ def profile(
                 "max": _jsonable(high),
                 "top": _top(con, src, c.name),
             }
+            if c.type in _HISTOGRAM_KEYS:
+                stats[c.name]["histogram"] = _histogram(con, src, c)
         return stats
+
+
+# How many equal-width bins a histogram has at most.
+HISTOGRAM_BINS = 10
+_EPOCH = date(1970, 1, 1)
+# The number a value is binned by: integers and dates (days since 1970) and timestamps
+# (microseconds since 1970) are counted exactly on integers; doubles as doubles.
+_HISTOGRAM_KEYS = {
+    "BIGINT": "CAST({v} AS HUGEINT)",
+    "DATE": "CAST(date_diff('day', DATE '1970-01-01', {v}) AS HUGEINT)",
+    "TIMESTAMP": "CAST(epoch_us({v}) AS HUGEINT)",
+    "DOUBLE": "{v}",
+}
+
+
+def _histogram(con: Any, src: str, c: Column) -> list[dict[str, Any]]:
+    """At most HISTOGRAM_BINS equal-width bins over the column's non-null (and finite)
+    values, each ``{from, to, count}``.
+
+    Integers, dates and timestamps: ``from`` and ``to`` are both in the bin, each bin
+    spans ``ceil((max - min + 1) / bins)`` values, the last one ends at the maximum.
+    Doubles: ten bins of ``(max - min) / 10``, ``from`` in, ``to`` out, except in the
+    last bin, which holds the maximum. Empty bins are listed with a count of 0.
+    """
+    key = _HISTOGRAM_KEYS[c.type].format(v=_ident(c.name))
+    where = f"{_ident(c.name)} IS NOT NULL" + (
+        f" AND isfinite({key})" if c.type == "DOUBLE" else ""
+    )
+    low, high = _one(con, f"SELECT min({key}), max({key}) FROM {src} WHERE {where}")
+    if low is None:
+        return []
+    if c.type == "DOUBLE":
+        width = (high - low) / HISTOGRAM_BINS
+        if width == 0:
+            bins = 1
+            bucket = "0"
+        else:
+            bins = HISTOGRAM_BINS
+            bucket = f"least(CAST(floor(({key} - {low!r}) / {width!r}) AS BIGINT), {bins - 1})"
+        edges = [(low + i * width, low + (i + 1) * width) for i in range(bins)]
+        if edges:
+            edges[-1] = (edges[-1][0], high)
+    else:
+        low, high = int(low), int(high)
+        span = high - low + 1
+        step = -(-span // min(HISTOGRAM_BINS, span))
+        bins = -(-span // step)
+        bucket = f"CAST(({key} - {low}) // {step} AS BIGINT)"
+        edges = [(low + i * step, min(low + (i + 1) * step - 1, high)) for i in range(bins)]
+    counts = dict(
+        con.execute(
+            f"SELECT {bucket} AS b, count(*) FROM {src} WHERE {where} GROUP BY b"
+        ).fetchall()
+    )
+    return [
+        {
+            "from": _histogram_value(c.type, lo),
+            "to": _histogram_value(c.type, hi),
+            "count": int(counts.get(i, 0)),
+        }
+        for i, (lo, hi) in enumerate(edges)
+    ]
+
+
+def _histogram_value(kind: str, key: float) -> Any:
+    if kind == "DATE":
+        return (_EPOCH + timedelta(days=int(key))).isoformat()
+    if kind == "TIMESTAMP":
+        return (datetime(1970, 1, 1) + timedelta(microseconds=int(key))).isoformat()
+    return key
 
 
 def _top(con: Any, src: str, name: str) -> list[dict[str, Any]]:

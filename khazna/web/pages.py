@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from khazna.access.accounts import Principal
 from khazna.access.policy import LEVELS, WRITER_ROLES
 from khazna.api.access import approve_as, ask_access_as, refuse_as
-from khazna.api.deps import SESSION_COOKIE, HubDep, Who, check_caller
+from khazna.api.deps import SESSION_COOKIE, HubDep, Who, check_caller, record
 from khazna.api.routes import DatasetIn, create_dataset_as, receive_file
 from khazna.api.tables import ROW_PARAMS, open_query, read_table, row_limit, stream_result
 from khazna.catalog.names import pick_language
@@ -35,7 +35,7 @@ from khazna.errors import BadRequest, KhaznaError, TooLarge, Unauthorized
 from khazna.hub import Hub
 from khazna.storage.blobstore import human_bytes
 from khazna.tables.query import OPERATORS
-from khazna.web import i18n
+from khazna.web import geo, i18n
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(check_caller)])
 STATIC_DIR = Path(__file__).parent / "static"
@@ -56,6 +56,8 @@ PAGE_PREFIXES = (
     "/requests",
 )
 AUDIT_PAGE = 50
+# The home page's most used datasets: downloads, pages of rows and queries in these days.
+MOST_USED_DAYS = 30
 PREVIEW_ROWS = 50
 # The preview page's own parameters, which are not filters on the table's columns.
 FILTER_FORM = ("_column", "_op", "_value")
@@ -154,7 +156,12 @@ def error_page(
 def home(request: Request, who: Who, hub: HubDep) -> HTMLResponse:
     latest = hub.search.search(who, "", limit=12)
     return render(
-        request, "home.html", latest=latest["results"], organizations=hub.catalog.organizations()
+        request,
+        "home.html",
+        latest=latest["results"],
+        most_used=hub.catalog.most_used(who, days=MOST_USED_DAYS),
+        days=MOST_USED_DAYS,
+        organizations=hub.catalog.organizations(),
     )
 
 
@@ -196,7 +203,33 @@ def dataset_page(request: Request, org: str, name: str, who: Who, hub: HubDep) -
         versions=history,
         readable=readable,
         writable=who.authenticated and _writable(who, hub, org, name),
+        layers=_map_layers(request, who, hub, dataset) if readable else [],
+        # Raster footprints (STAC items) join the map here: a list of layers like
+        # ``_map_layers``' ({file, bbox, geojson}), drawn in the template's map block.
+        footprints=[],
+        tiles=hub.settings.map_tiles_url,
     )
+
+
+def _map_layers(
+    request: Request, who: Principal, hub: Hub, dataset: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The dataset's GeoJSON files, each ``{file, bbox, geojson}`` (``geojson`` None when
+    the file is too large to draw); reading one is logged as a download, ``shown: map``."""
+    org, name = dataset["org"], dataset["name"]
+    layers = []
+    for f in dataset["files"]:
+        if not geo.may_be_geojson(f["name"]) or f["size"] > geo.MAP_MAX_BYTES:
+            continue
+        ref = hub.catalog.resolve_file(who, org, name, f["name"])
+        data = b"".join(hub.blobs.read_range(ref.file.sha256, 0, ref.file.size))
+        geojson = geo.parse(f["name"], data)
+        if geojson is None:
+            continue
+        detail = {"file": f["name"], "sha256": ref.file.sha256, "shown": "map"}
+        record(request, who, "download", org=org, dataset=name, version=ref.version, detail=detail)
+        layers.append({"file": f["name"], "bbox": geo.bbox(geojson), "geojson": geojson})
+    return layers
 
 
 def _writable(who: Principal, hub: Hub, org: str, name: str) -> bool:
