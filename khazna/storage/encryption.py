@@ -45,12 +45,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from fsspec import AbstractFileSystem  # type: ignore[import-untyped]
-from fsspec.spec import AbstractBufferedFile  # type: ignore[import-untyped]
 
 from khazna.checksums import READ_CHUNK
 from khazna.errors import StorageFailure, Unprocessable
 from khazna.storage.blobstore import BlobStore, StoredBlob, check_sha256, too_large
+from khazna.storage.readonly import RangeCache, ReadOnlyFileSystem
 
 log = logging.getLogger("khazna.storage")
 
@@ -63,8 +62,6 @@ OVERHEAD = NONCE + TAG
 SEALED = CHUNK + OVERHEAD  # bytes of one full chunk at rest
 KEY_BYTES = 32
 MARKER_NAME = "encryption.json"
-# Decrypted ranges of derived Parquet kept in memory for DuckDB; plaintext never goes to disk.
-READ_CACHE_BYTES = 256 * 1024 * 1024
 
 
 class DamagedBlob(StorageFailure):
@@ -549,26 +546,20 @@ class EncryptedBlobStore:
 # -- DuckDB's view of the derived Parquet -----------------------------------------------------
 
 
-class _PlainFile(AbstractBufferedFile):  # type: ignore[misc]
-    def _fetch_range(self, start: int, end: int) -> bytes:
-        fs: DecryptingFileSystem = self.fs
-        return fs.read_plain(self.path, start, end)
-
-
-class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class DecryptingFileSystem(ReadOnlyFileSystem):
     """Read-only ``khazna-encrypted://NAMESPACE/SHA256`` files for DuckDB: each read
     decrypts the chunks it covers, in memory. DuckDB never sees the key or a ciphertext
-    byte; the SQL sandbox's ``allowed_paths`` lists these URLs as it lists local paths."""
+    byte; the SQL sandbox's ``allowed_paths`` lists these URLs as it lists local paths.
+    Decrypted ranges are kept in memory (a RangeCache); plaintext never goes to disk."""
 
     protocol = ("khazna-encrypted",)
-    cachable = False  # one per store
+    read_block = 8 * CHUNK
+    refusal = "encrypted tables are read-only here"
 
     def __init__(self, store: EncryptedBlobStore) -> None:
         super().__init__()
         self.store = store
-        self._lock = threading.Lock()
-        self._ranges: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
-        self._cached_bytes = 0
+        self._ranges = RangeCache()
 
     def _sha(self, path: str) -> str:
         namespace, _, name = self._strip_protocol(path).partition("/")
@@ -579,7 +570,7 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
         except ValueError:
             raise FileNotFoundError(path) from None
 
-    def read_plain(self, path: str, start: int, end: int) -> bytes:
+    def fetch(self, path: str, start: int, end: int) -> bytes:
         """Plaintext bytes [start, end) of a file: from memory, or decrypted from the chunks
         that cover them. DuckDB asks again for the same ranges (a column chunk, a footer)
         query after query, so ranges are kept as asked, like S3ReadFileSystem's."""
@@ -589,35 +580,11 @@ class DecryptingFileSystem(AbstractFileSystem):  # type: ignore[misc]
         if start >= end:
             return b""
         key = (sha, start, end)
-        with self._lock:
-            if (hit := self._ranges.get(key)) is not None:
-                self._ranges.move_to_end(key)
-                return hit
+        if (hit := self._ranges.get(key)) is not None:
+            return hit
         data = b"".join(self.store.plain_range(c, start, end))
-        with self._lock:
-            if len(data) <= READ_CACHE_BYTES // 4 and key not in self._ranges:
-                self._ranges[key] = data
-                self._cached_bytes += len(data)
-                while self._cached_bytes > READ_CACHE_BYTES:
-                    _, dropped = self._ranges.popitem(last=False)
-                    self._cached_bytes -= len(dropped)
+        self._ranges.put(key, data)
         return data
-
-    def _open(
-        self,
-        path: str,
-        mode: str = "rb",
-        block_size: int | None = None,
-        autocommit: bool = True,
-        cache_options: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> _PlainFile:
-        if mode != "rb":
-            raise PermissionError("encrypted tables are read-only here")
-        path = self._strip_protocol(path)
-        return _PlainFile(
-            self, path, mode, block_size=8 * CHUNK, cache_type="none", size=self.info(path)["size"]
-        )
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         sha = self._sha(path)

@@ -34,22 +34,18 @@ import botocore.config
 from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 from botocore.exceptions import BotoCoreError, ClientError
-from fsspec import AbstractFileSystem  # type: ignore[import-untyped]
-from fsspec.spec import AbstractBufferedFile  # type: ignore[import-untyped]
 
 from khazna.checksums import READ_CHUNK
 from khazna.errors import StorageFailure, Unprocessable
 from khazna.storage.blobstore import StoredBlob, check_sha256, too_large
 from khazna.storage.location import S3Location
+from khazna.storage.readonly import RangeCache, ReadOnlyFileSystem
 
 PART_SIZE = 8 * 1024 * 1024
 # Parts of one upload in flight at once, while the next one arrives: memory per upload is
 # about (this + 1) * PART_SIZE. More did not upload faster here, and with 2 the 1 GiB upload
 # test saw the server grow by 45-65 MiB (its limit is 64), with 1 by 35 MiB.
 PARTS_IN_FLIGHT = 1
-# Bytes of Parquet kept in memory by the filesystem DuckDB reads through. Objects are
-# content-addressed, so a cached range never goes stale.
-READ_CACHE_BYTES = 256 * 1024 * 1024
 # A temporary object or multipart upload older than this was abandoned by a dead process.
 STALE_AFTER_S = 24 * 3600
 _TRANSFER = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=PART_SIZE)
@@ -375,73 +371,44 @@ class S3Marker:
             raise StorageFailure(f"could not write {self.where}: {exc}") from exc
 
 
-class _RangeFile(AbstractBufferedFile):  # type: ignore[misc]
-    def _fetch_range(self, start: int, end: int) -> bytes:
-        fs: S3ReadFileSystem = self.fs
-        return fs.read_range(self.path, start, end)
-
-
-class S3ReadFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class S3ReadFileSystem(ReadOnlyFileSystem):
     """Read-only ``s3://bucket/key`` files for DuckDB (``register_filesystem``), whose wheel
     has no httpfs. Every read is one ranged GET of exactly the bytes DuckDB asks for (no
     read-ahead cache): DuckDB reads only the footer and the column chunks a query needs,
-    and the ranges read are kept (up to READ_CACHE_BYTES, least recently used out): DuckDB's
-    own external file cache does not cover a Python filesystem, and without this every
-    query would fetch its column chunks again."""
+    and the ranges read are kept (a RangeCache of READ_CACHE_BYTES; objects are
+    content-addressed, so a kept range never goes stale): without this every query would
+    fetch its column chunks again."""
 
     protocol = ("s3",)
-    cachable = False  # one per store; fsspec's instance cache would share across hubs
+    read_block = PART_SIZE
+    refusal = "tables in object storage are read-only here"
 
     def __init__(self, client: Any) -> None:
         super().__init__()
         self.client = client
         self._lock = threading.Lock()
-        self._ranges: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
-        self._cached_bytes = 0
+        self._ranges = RangeCache()
         self._sizes: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.requests = 0  # GETs sent, and the bytes they brought: what tests measure
         self.bytes_fetched = 0
 
-    def read_range(self, path: str, start: int, end: int) -> bytes:
+    def fetch(self, path: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of an object: from the cache, or one ranged GET."""
         key = (path, start, end)
-        with self._lock:
-            if (hit := self._ranges.get(key)) is not None:
-                self._ranges.move_to_end(key)
-                return hit
+        if (hit := self._ranges.get(key)) is not None:
+            return hit
         bucket, name = self.split(path)
         answer = self.client.get_object(Bucket=bucket, Key=name, Range=f"bytes={start}-{end - 1}")
         data: bytes = answer["Body"].read()
         with self._lock:
             self.requests += 1
             self.bytes_fetched += len(data)
-            if len(data) <= READ_CACHE_BYTES // 4 and key not in self._ranges:
-                self._ranges[key] = data
-                self._cached_bytes += len(data)
-                while self._cached_bytes > READ_CACHE_BYTES:
-                    _, dropped = self._ranges.popitem(last=False)
-                    self._cached_bytes -= len(dropped)
+        self._ranges.put(key, data)
         return data
 
     def split(self, path: str) -> tuple[str, str]:
         bucket, _, key = self._strip_protocol(path).partition("/")
         return bucket, key
-
-    def _open(
-        self,
-        path: str,
-        mode: str = "rb",
-        block_size: int | None = None,
-        autocommit: bool = True,
-        cache_options: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> _RangeFile:
-        if mode != "rb":
-            raise PermissionError("tables in object storage are read-only here")
-        path = self._strip_protocol(path)
-        return _RangeFile(
-            self, path, mode, block_size=PART_SIZE, cache_type="none", size=self.info(path)["size"]
-        )
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         bucket, key = self.split(path)

@@ -33,8 +33,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from fsspec.spec import AbstractBufferedFile, AbstractFileSystem  # type: ignore[import-untyped]
-
+from khazna.storage.readonly import ReadOnlyFileSystem
 from khazna.tables import ingest as ingesting
 
 log = logging.getLogger(__name__)
@@ -104,21 +103,13 @@ class Arrival:
                 raise UploadGone(f"the upload stopped: {self._failed}")
 
 
-class _ArrivingFile(AbstractBufferedFile):  # type: ignore[misc]
-    def _fetch_range(self, start: int, end: int) -> bytes:
-        fs: ArrivingFileSystem = self.fs
-        fs.arrival.wait_for(end)
-        with open(fs.local_path, "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
-
-
-class ArrivingFileSystem(AbstractFileSystem):  # type: ignore[misc]
+class ArrivingFileSystem(ReadOnlyFileSystem):
     """One file, ``khazna-arriving://<name>``, read while it is written: each read waits
     for its bytes. Registered on the early ingest's own DuckDB connection only."""
 
     protocol = (PROTOCOL,)
-    cachable = False
+    read_block = READ_BLOCK
+    refusal = "an arriving upload is read-only"
 
     def __init__(self, name: str, local_path: Path, arrival: Arrival) -> None:
         super().__init__()
@@ -136,21 +127,12 @@ class ArrivingFileSystem(AbstractFileSystem):  # type: ignore[misc]
             raise FileNotFoundError(path)
         return name
 
-    def _open(
-        self,
-        path: str,
-        mode: str = "rb",
-        block_size: int | None = None,
-        autocommit: bool = True,
-        cache_options: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> _ArrivingFile:
-        if mode != "rb":
-            raise PermissionError("an arriving upload is read-only")
-        name = self._check(path)
-        return _ArrivingFile(
-            self, name, mode, block_size=READ_BLOCK, cache_type="none", size=self.arrival.size
-        )
+    def fetch(self, path: str, start: int, end: int) -> bytes:
+        self._check(path)
+        self.arrival.wait_for(end)
+        with open(self.local_path, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         return {"name": self._check(path), "size": self.arrival.size, "type": "file"}
