@@ -203,6 +203,7 @@ METADATA = {
     "stac_collection": ("GET", f"/stac/collections/{ORG}.{{level}}"),
     "stac_items": ("GET", f"/stac/collections/{ORG}.{{level}}/items"),
     "stac_item": ("GET", f"/stac/collections/{ORG}.{{level}}/items/red"),
+    "stac_queryables": ("GET", f"/stac/collections/{ORG}.{{level}}/queryables"),
 }
 DATA_PATHS = {
     "download": ("GET", f"{API}/datasets/{ORG}/{{level}}/files/{FILE}"),
@@ -328,6 +329,10 @@ def test_stac_lists_and_counts_only_what_the_caller_may_see(
         page = world.http.request(method, "/stac/search", headers=headers, **kw).json()
         assert page["numberMatched"] == len(levels)
         assert [f["collection"] for f in page["features"]] == [f"{ORG}.{lv}" for lv in levels]
+    # A CQL2 filter every item passes finds no more than the plain search.
+    kw = {"params": {"filter": "id = 'red' OR id IS NULL"}}
+    page = world.http.get("/stac/search", headers=headers, **kw).json()
+    assert [f["collection"] for f in page["features"]] == [f"{ORG}.{lv}" for lv in levels]
     landing = world.http.get("/stac", headers=headers).json()
     children = [ln["href"].rsplit("/", 1)[-1] for ln in landing["links"] if ln["rel"] == "child"]
     assert children == [f"{ORG}.{level}" for level in levels]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cql2
 import numpy as np
 import pytest
 import rasterio
@@ -325,6 +326,162 @@ def test_a_limit_above_the_maximum_is_clamped(api: Api, tiles: Any) -> None:
     page = stac(api, "/stac/search", params={"limit": 10**9}).json()
     assert page["numberReturned"] == 5
     assert [ln["rel"] for ln in page["links"]] == ["self", "root"]
+
+
+# filter (CQL2) -------------------------------------------------------------------------
+
+
+def filtered(api: Api, text: str, token: str | None = None, **params: Any) -> list[str]:
+    """The ids a cql2-text filter finds, by GET; the same filter as cql2-json, by POST and by
+    GET, must find the same."""
+    got = ids(stac(api, "/stac/search", token, params={"filter": text, **params}))
+    as_json = cql2.parse_text(text).to_json()
+    lists = {k: v.split(",") for k, v in params.items() if k in ("ids", "collections")}
+    body = {"filter": as_json, "filter-lang": "cql2-json", "limit": 100, **params, **lists}
+    assert (
+        ids(api.http.post("/stac/search", json=body, headers=api.auth(token) if token else {}))
+        == got
+    )
+    again = {"filter": json.dumps(as_json), "filter-lang": "cql2-json", **params}
+    assert ids(stac(api, "/stac/search", token, params=again)) == got
+    return got
+
+
+def test_a_cql2_filter_on_datetime_and_id_keeps_items_without_a_datetime_out(
+    api: Api, tiles: Any
+) -> None:
+    assert filtered(api, "datetime > TIMESTAMP('2020-03-01T00:00:00Z')") == ["t1", "t2"]
+    assert filtered(api, "datetime IS NULL") == ["t3", "t4"]
+    assert filtered(api, "NOT (datetime IS NULL)") == ["t0", "t1", "t2"]
+    # Null compared is unknown, so NOT of it is unknown too: t3 and t4 are in neither.
+    assert filtered(api, "NOT (datetime > TIMESTAMP('2020-03-01T00:00:00Z'))") == ["t0"]
+    assert filtered(api, "id IN ('t0', 't3') OR datetime >= TIMESTAMP('2021-01-01T00:00:00Z')") == [
+        "t0",
+        "t2",
+        "t3",
+    ]
+    assert filtered(api, "T_BEFORE(datetime, TIMESTAMP('2020-06-01T00:00:00Z'))") == ["t0"]
+    assert filtered(api, f"collection = '{ORG}.tiles' AND id <> 't1'") == ["t0", "t2", "t3", "t4"]
+    # With the other parameters: all of them hold.
+    assert filtered(api, "datetime IS NULL", ids="t0,t4") == ["t4"]
+
+
+def test_filtered_pages_follow_next_links_to_exactly_number_matched(api: Api, tiles: Any) -> None:
+    url: str | None = "/stac/search?limit=1&filter=NOT%20(id%20%3D%20%27t2%27)"
+    seen: list[str] = []
+    while url is not None:
+        page = stac(api, url).json()
+        assert (page["numberMatched"], page["numberReturned"]) == (4, 1)
+        seen += [f["id"] for f in page["features"]]
+        url = next((ln["href"] for ln in page["links"] if ln["rel"] == "next"), None)
+    assert seen == ["t0", "t1", "t3", "t4"]
+    items = f"/stac/collections/{ORG}.tiles/items"
+    assert ids(stac(api, items, params={"filter": "id LIKE 't_' AND id > 't2'"})) == ["t3", "t4"]
+
+
+def test_a_filter_on_the_properties_of_a_real_sentinel_item(api: Api, tiles: Any) -> None:
+    load_scene(api)  # eo:cloud_cover 4.051854, platform sentinel-2a; the tiles have neither
+    assert filtered(api, "eo:cloud_cover < 10") == [SCENE]
+    assert filtered(api, "eo:cloud_cover >= 5") == []
+    assert filtered(api, "eo:cloud_cover BETWEEN 4.05 AND 4.06") == [SCENE]
+    assert filtered(api, "platform = 'sentinel-2a' AND collection = 'ministere-sante.s2'") == [
+        SCENE
+    ]
+    assert filtered(api, "CASEI(platform) = casei('SENTINEL-2A')") == [SCENE]
+    assert filtered(api, "platform LIKE 'sentinel%' OR id = 't0'") == [SCENE, "t0"]
+    assert filtered(api, "A_CONTAINS(instruments, ('msi'))") == [SCENE]
+    # BETWEEN as the CQL2 JSON drafts wrote it, which stac-api-validator still sends.
+    drafted = {"op": "between", "args": [{"property": "eo:cloud_cover"}, [4, 5]]}
+    assert ids(api.http.post("/stac/search", json={"filter": drafted})) == [SCENE]
+    # A name no item has is null on every item (queryables allow additional properties).
+    assert filtered(api, "mission LIKE 'sentinel%'") == []
+    assert len(filtered(api, "mission IS NULL")) == 6
+    # The scene covers the tiles, which are windows of its red band: a point in t2 is in both.
+    with rasterio.open(B04) as src:
+        window = Window(0, 2 * 200, 100, 100)
+        x, y = src.xy(window.row_off + 50, window.col_off + 50)
+        lon, lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    point = f"S_INTERSECTS(geometry, POINT({lon} {lat}))"
+    assert filtered(api, point) == [SCENE, "t2"]
+    assert filtered(api, f"{point} AND eo:cloud_cover IS NULL") == ["t2"]
+
+
+def test_a_filter_never_finds_an_item_the_caller_may_not_read(api: Api) -> None:
+    load_scene(api, "secret", access="private")
+    for token in (None, api.outsider):
+        page = stac(api, "/stac/search", token, params={"filter": "eo:cloud_cover < 10"}).json()
+        assert (page["numberMatched"], page["features"]) == (0, [])
+        r = stac(api, f"/stac/collections/{ORG}.secret/queryables", token)
+        assert r.status_code == 404
+        assert "eo:cloud_cover" not in stac(api, "/stac/queryables", token).json()["properties"]
+    assert filtered(api, "eo:cloud_cover < 10", api.editor) == [SCENE]
+
+
+def test_bad_filters_are_400s_that_say_why(api: Api, tiles: Any) -> None:
+    def refused(params: dict[str, Any] | None = None, body: Any = None) -> str:
+        if body is not None:
+            r = api.http.post("/stac/search", json=body)
+        else:
+            r = stac(api, "/stac/search", params=params)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "bad_request"
+        return str(error["field"]) + ": " + str(error["message"])
+
+    assert refused({"filter": "id = "}).startswith("filter: filter is not valid cql2-text: ")
+    assert refused({"filter": "{", "filter-lang": "cql2-json"}).startswith(
+        "filter: filter is not valid cql2-json: "
+    )
+    assert refused({"filter": "id = 't0'", "filter-lang": "cql4"}) == (
+        "filter-lang: filter-lang 'cql4' is not supported: use cql2-text or cql2-json"
+    )
+    assert refused({"filter": "id = 't0'", "filter-crs": "EPSG:4326"}) == (
+        "filter-crs: filter-crs must be http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+    )
+    assert refused({"filter": "shout(id) = 'T0'"}) == (
+        "filter: filter uses shout, which this hub does not support"
+    )
+    assert refused(body={"filter": 5, "filter-lang": "cql2-text"}) == (
+        "filter: a cql2-text filter must be a string"
+    )
+    crs84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+    assert filtered(api, "id = 't0'", **{"filter-crs": crs84}) == ["t0"]
+
+
+def test_queryables_list_what_the_items_have(api: Api, tiles: Any) -> None:
+    load_scene(api)
+    r = stac(api, "/stac/queryables")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/schema+json"
+    root = r.json()
+    assert root["$id"] == "http://testserver/stac/queryables"
+    assert root["$schema"] == "https://json-schema.org/draft/2019-09/schema"
+    assert (root["type"], root["additionalProperties"]) == ("object", True)
+    props = root["properties"]
+    assert list(props)[:4] == ["id", "collection", "geometry", "datetime"]
+    assert props["eo:cloud_cover"] == {"type": "number"}
+    assert props["platform"] == {"type": "string"}
+    assert props["instruments"] == {"type": "array"}
+    assert props["mgrs:utm_zone"] == {"type": "integer"}
+    assert props["created"] == {"type": "string", "format": "date-time"}
+    tiles_url = f"/stac/collections/{ORG}.tiles/queryables"
+    mine = stac(api, tiles_url).json()
+    assert mine["$id"] == f"http://testserver{tiles_url}"
+    assert "eo:cloud_cover" not in mine["properties"]
+    assert stac(api, f"/stac/collections/{ORG}.nothing/queryables").status_code == 404
+    rel = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
+    landing = stac(api, "/stac").json()
+    assert [ln["href"] for ln in landing["links"] if ln["rel"] == rel] == [
+        "http://testserver/stac/queryables"
+    ]
+    collection = stac(api, f"/stac/collections/{ORG}.tiles").json()
+    assert [ln["href"] for ln in collection["links"] if ln["rel"] == rel] == [
+        f"http://testserver{tiles_url}"
+    ]
+    conforms = stac(api, "/stac/conformance").json()["conformsTo"]
+    for cls in ("cql2-text", "cql2-json", "basic-cql2", "advanced-comparison-operators"):
+        assert f"http://www.opengis.net/spec/cql2/1.0/conf/{cls}" in conforms
+    assert "https://api.stacspec.org/v1.0.0-rc.2/item-search#filter" in conforms
 
 
 # access ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A live `khazna serve` with the Sentinel-2 scene loaded: GDAL reads a window of a COG
 over HTTP with range requests, pystac-client searches it, and stac-api-validator finds no
-error in the core, collections, features and item-search conformance classes."""
+error in the core, collections, features, item-search and filter conformance classes."""
 
 from __future__ import annotations
 
@@ -88,6 +88,11 @@ def test_pystac_client_searches_the_hub(live: LiveServer) -> None:
     assert client.search(limit=1).matched() == 2
     # Pages of one, in item id order (code points: upper case first).
     assert [i.id for i in client.search(limit=1).items()] == [SCENE, "red-window"]
+    # A CQL2 filter, as pystac-client sends it (cql2-json by POST).
+    cloudless = client.search(filter={"op": "<", "args": [{"property": "eo:cloud_cover"}, 5]})
+    assert [i.id for i in cloudless.items()] == [SCENE]
+    undated = client.search(filter="datetime IS NULL OR id = 'red-window'", filter_lang="cql2-text")
+    assert [i.id for i in undated.items()] == ["red-window"]
 
 
 def test_stac_api_validator_finds_no_error(live: LiveServer) -> None:
@@ -102,6 +107,7 @@ def test_stac_api_validator_finds_no_error(live: LiveServer) -> None:
             f"{live.url}/stac",
             *("--conformance", "core", "--conformance", "collections"),
             *("--conformance", "features", "--conformance", "item-search"),
+            *("--conformance", "filter"),
             *("--collection", COLLECTION, "--geometry", json.dumps(point)),
             "--validate-pagination",
         ],

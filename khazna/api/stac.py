@@ -13,7 +13,7 @@ from khazna.api.deps import HubDep, Who, check_caller, quota_key, record
 from khazna.api.downloads import file_response
 from khazna.errors import BadRequest
 from khazna.geo.rasters import ItemRow
-from khazna.geo.search import parse_query
+from khazna.geo.search import FILTER_CONFORMANCE, parse_query, queryables
 
 router = APIRouter(dependencies=[Depends(check_caller)])
 
@@ -30,7 +30,10 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    *FILTER_CONFORMANCE,
 ]
+QUERYABLES = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
+SCHEMA_JSON = "application/schema+json"
 # Fields of a stored asset that are the hub's own bookkeeping, not STAC.
 _PRIVATE_ASSET_FIELDS = ("file", "converted")
 
@@ -80,6 +83,7 @@ def collection_doc(base: str, c: dict[str, Any]) -> dict[str, Any]:
             {"rel": "root", "href": f"{base}/stac", "type": "application/json"},
             {"rel": "parent", "href": f"{base}/stac", "type": "application/json"},
             {"rel": "items", "href": f"{url}/items", "type": GEOJSON},
+            {"rel": QUERYABLES, "href": f"{url}/queryables", "type": SCHEMA_JSON},
             {
                 "rel": "describedby",
                 "href": f"{base}/api/v1/datasets/{c['org']}/{c['name']}",
@@ -184,6 +188,7 @@ def landing(request: Request, who: Who, hub: HubDep) -> dict[str, Any]:
             "type": OPENAPI,
         },
         {"rel": "service-doc", "href": f"{base}/docs", "type": "text/html"},
+        {"rel": QUERYABLES, "href": f"{base}/stac/queryables", "type": SCHEMA_JSON},
     ]
     for c in hub.rasters.collections(who):
         href = f"{base}/stac/collections/{quote(c['id'])}"
@@ -208,6 +213,26 @@ def service_description(request: Request) -> Response:
 @router.get("/stac/conformance", tags=["stac"])
 def conformance() -> dict[str, Any]:
     return {"conformsTo": CONFORMANCE}
+
+
+def _schema(body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, media_type=SCHEMA_JSON)
+
+
+@router.get("/stac/queryables", tags=["stac"])
+def all_queryables(request: Request, who: Who, hub: HubDep) -> JSONResponse:
+    """What a search filter may name, over every collection the caller may see."""
+    url = f"{_base(request)}/stac/queryables"
+    return _schema(queryables(url, "Khazna items", hub.rasters.item_properties(who)))
+
+
+@router.get("/stac/collections/{collection_id}/queryables", tags=["stac"])
+def collection_queryables(
+    collection_id: str, request: Request, who: Who, hub: HubDep
+) -> JSONResponse:
+    url = f"{_base(request)}/stac/collections/{quote(collection_id)}/queryables"
+    props = hub.rasters.item_properties(who, collection_id)
+    return _schema(queryables(url, f"Items of {collection_id}", props))
 
 
 @router.get("/stac/collections", tags=["stac"])

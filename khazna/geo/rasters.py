@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shapely.geometry import shape
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, true
 
 from khazna import db
@@ -68,6 +67,18 @@ class ItemRow:
     @property
     def collection(self) -> str:
         return collection_id(self.org, self.dataset)
+
+    def feature(self) -> dict[str, Any]:
+        """The item as a STAC Item without links and assets: what a search filter sees."""
+        item = self.item
+        return {
+            "type": "Feature",
+            "id": item["id"],
+            "collection": self.collection,
+            "geometry": item["geometry"],
+            "bbox": item["bbox"],
+            "properties": item["properties"],
+        }
 
 
 class Rasters:
@@ -363,6 +374,23 @@ class Rasters:
             raise NotFound(f"no collection {cid!r}: dataset {org}/{name} holds no rasters")
         return found[0]
 
+    def item_properties(self, who: Principal, cid: str | None = None) -> list[dict[str, Any]]:
+        """The properties of every item the caller may see (in collection ``cid``): what
+        the queryables are made of."""
+        d, o, s = db.datasets, db.organizations, db.stac_items
+        query = (
+            select(s.c.item)
+            .join(d, d.c.id == s.c.dataset_id)
+            .join(o, o.c.id == d.c.org_id)
+            .where(self._visible(who))
+        )
+        if cid is not None:
+            self.collection(who, cid)  # 404 first
+            org, name = split_collection_id(cid)
+            query = query.where(o.c.name == org, d.c.name == name)
+        with self.engine.connect() as conn:
+            return [dict(r.item)["properties"] for r in conn.execute(query)]
+
     def search(self, who: Principal, query: ItemQuery) -> tuple[list[ItemRow], int]:
         """One page of the items matching ``query`` the caller may see, and how many match."""
         d, o, s = db.datasets, db.organizations, db.stac_items
@@ -397,20 +425,18 @@ class Rasters:
             .order_by(o.c.name, d.c.name, self._binary(s.c.item_id))
         )
         with self.engine.connect() as conn:
-            if query.intersects is None:
+            if query.exact:
                 matched = conn.execute(
                     select(func.count()).select_from(base.order_by(None).subquery())
                 ).scalar_one()
                 rows = conn.execute(base.limit(query.limit).offset(query.offset)).all()
             else:
-                every = [
-                    r
-                    for r in conn.execute(base).all()
-                    if shape(r.item["geometry"]).intersects(query.intersects)
-                ]
-                matched = len(every)
-                rows = every[query.offset : query.offset + query.limit]
-        return [ItemRow(r.org, r.name, int(r.version), dict(r.item)) for r in rows], int(matched)
+                rows = conn.execute(base).all()
+        found = [ItemRow(r.org, r.name, int(r.version), dict(r.item)) for r in rows]
+        if query.exact:
+            return found, int(matched)
+        kept = [f for f in found if query.keeps(f.feature())]
+        return kept[query.offset : query.offset + query.limit], len(kept)
 
     def _binary(self, column: Any) -> Any:
         """Item ids in code-point order on both databases (SQLite's default), so that pages
