@@ -4,6 +4,7 @@ access levels of the catalog."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -201,20 +202,147 @@ def cog_validate_bytes(data: bytes) -> bool:
     return bool(valid)
 
 
-def test_a_corrupt_geotiff_is_refused_and_stays_a_plain_file(api: Api) -> None:
+def test_a_corrupt_geotiff_is_refused_at_upload_and_nothing_is_stored(api: Api) -> None:
     make_dataset(api, "broken")
-    damaged = B04.read_bytes()[:4096]  # the header survives, the image data does not
-    job = upload(api, "broken", "red.tif", damaged)["job"]
+    upload(api, "broken", "notes.txt", b"version 1")
+    whole = B04.read_bytes()
+    damaged = {
+        "garbage": b"II*\x00" + b"\x00" * 5000,
+        "header only": whole[:4096],  # the header survives, the image data does not
+        # The overviews (first in a COG) still read; the full-resolution tiles are cut off.
+        "truncated": whole[: len(whole) // 2],
+    }
+    for kind, data in damaged.items():
+        r = api.http.put(
+            f"/api/v1/datasets/{ORG}/broken/files/red.tif",
+            content=data,
+            headers=api.auth(api.editor),
+        )
+        assert r.status_code == 422, (kind, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "unprocessable"
+        assert error["message"].startswith("'red.tif' is not a readable GeoTIFF: "), kind
+        assert error["message"].endswith("; nothing was stored")
+        assert not api.hub.blobs.exists(hashlib.sha256(data).hexdigest()), kind
+    assert "is truncated: band 1, block (0, 0) ends at byte " in error["message"]
+    dataset = stac(api, f"/api/v1/datasets/{ORG}/broken").json()
+    assert (dataset["version"], [f["name"] for f in dataset["files"]]) == (1, ["notes.txt"])
+    assert sorted(p.name for p in api.hub.rasters.work_dir.iterdir()) == []  # no spool left
+    # Through a resumable upload session: refused at its commit, the version not made.
+    data = damaged["truncated"]
+    files = [{"name": "red.tif", "size": len(data)}]
+    session = api.http.post(
+        f"/api/v1/datasets/{ORG}/broken/uploads",
+        json={"files": files},
+        headers=api.auth(api.editor),
+    ).json()["id"]
+    sent = api.http.put(
+        f"/api/v1/uploads/{session}/files/red.tif", content=data, headers=api.auth(api.editor)
+    )
+    assert sent.status_code == 200, sent.text
+    r = api.http.post(f"/api/v1/uploads/{session}/commit", headers=api.auth(api.editor))
+    assert r.status_code == 422
+    assert "is truncated" in r.json()["error"]["message"]
+    assert stac(api, f"/api/v1/datasets/{ORG}/broken").json()["version"] == 1
+    assert stac(api, f"/stac/collections/{ORG}.broken").status_code == 404
+
+
+def test_a_tiff_without_coordinates_stays_a_plain_file(api: Api) -> None:
+    make_dataset(api, "scans")
+    with rasterio.open(B04) as src:
+        pixels = src.read(window=Window(0, 0, 64, 64))
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=64, height=64, count=1, dtype="uint16") as dst:
+            dst.write(pixels)
+        picture = bytes(mem.read())
+    job = upload(api, "scans", "scan.tif", picture)["job"]
     state = wait(api, job)
     assert state["state"] == "failed"
-    assert state["error"].startswith("'red.tif' is not a readable GeoTIFF: ")
-    assert stac(api, f"/stac/collections/{ORG}.broken").status_code == 404
-    assert stac(api, "/stac/search").json()["numberMatched"] == 0
-    assert stac(api, f"/api/v1/datasets/{ORG}/broken/files/red.tif").content == damaged
-    raster = stac(api, f"/api/v1/datasets/{ORG}/broken").json()["files"][0]["raster"]
+    error = "'scan.tif' is not a readable GeoTIFF: has no coordinate reference system"
+    assert state["error"] == f"{error} (not georeferenced)"
+    assert stac(api, f"/api/v1/datasets/{ORG}/scans/files/scan.tif").content == picture
+    raster = stac(api, f"/api/v1/datasets/{ORG}/scans").json()["files"][0]["raster"]
     assert raster == {"status": "failed", "error": state["error"]}
-    r = stac(api, f"/api/v1/datasets/{ORG}/broken/files/red.tif/cog")
+    r = stac(api, f"/api/v1/datasets/{ORG}/scans/files/scan.tif/cog")
     assert r.status_code == 422 and r.json()["error"]["code"] == "unprocessable"
+    assert stac(api, f"/stac/collections/{ORG}.scans").status_code == 404
+
+
+def stacked(*sources: Path) -> bytes:
+    """One plain (striped, not COG) GeoTIFF with the sources' single bands, in that order."""
+    with rasterio.open(sources[0]) as first:
+        profile = {
+            "driver": "GTiff",
+            "width": first.width,
+            "height": first.height,
+            "count": len(sources),
+            "dtype": first.dtypes[0],
+            "crs": first.crs,
+            "transform": first.transform,
+            "nodata": first.nodata,
+            "tiled": False,
+        }
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            for band, path in enumerate(sources, start=1):
+                with rasterio.open(path) as src:
+                    dst.write(src.read(1), band)
+        return bytes(mem.read())
+
+
+def test_the_band_order_given_at_upload_names_the_bands_of_a_multiband_geotiff(
+    api: Api,
+) -> None:
+    make_dataset(api, "multi")
+    scene = stacked(B08, B04)  # NIR first, then red
+    job = upload(api, "multi", "scene.tif", scene, "?bands=nir,red&datetime=2020-02-19T11:34:25Z")
+    assert wait(api, job["job"])["state"] == "done"
+    item = stac(api, f"/stac/collections/{ORG}.multi/items/scene").json()
+    assert item["properties"]["datetime"] == "2020-02-19T11:34:25Z"
+    asset = item["assets"]["data"]
+    assert asset["eo:bands"] == [
+        {"name": "nir", "common_name": "nir"},
+        {"name": "red", "common_name": "red"},
+    ]
+    converted = stac(api, asset["href"]).content
+    assert cog_validate_bytes(converted)
+    with MemoryFile(converted) as mem, mem.open() as cog:
+        assert cog.count == 2
+        with rasterio.open(B08) as nir, rasterio.open(B04) as red:
+            assert np.array_equal(cog.read(1), nir.read(1))
+            assert np.array_equal(cog.read(2), red.read(1))
+    # Names that are not eo common names are kept, without a role.
+    job = upload(api, "multi", "other.tif", stacked(B04, B08), "?bands=rouge,b8")
+    assert wait(api, job["job"])["state"] == "done"
+    other = stac(api, f"/stac/collections/{ORG}.multi/items/other").json()
+    assert other["assets"]["data"]["eo:bands"] == [{"name": "rouge"}, {"name": "b8"}]
+
+
+def test_band_names_that_do_not_fit_the_file_are_refused_and_nothing_is_stored(
+    api: Api,
+) -> None:
+    make_dataset(api, "multi")
+    scene = stacked(B08, B04)
+    for query, status, message in (
+        ("?bands=red", 422, "bands names 1 band(s) (red) but 'scene.tif' has 2"),
+        (
+            "?bands=nir,red,blue",
+            422,
+            "bands names 3 band(s) (nir, red, blue) but 'scene.tif' has 2",
+        ),
+        ("?bands=nir,,red", 400, "bands must be band names separated by commas"),
+        ("?bands=nir,NIR", 400, "bands names a band twice: 'nir,NIR'"),
+    ):
+        r = api.http.put(
+            f"/api/v1/datasets/{ORG}/multi/files/scene.tif{query}",
+            content=scene,
+            headers=api.auth(api.editor),
+        )
+        assert r.status_code == status, (query, r.text)
+        assert r.json()["error"]["message"].startswith(message), r.text
+        assert r.json()["error"]["field"] == "bands"
+    assert not api.hub.blobs.exists(hashlib.sha256(scene).hexdigest())
+    assert stac(api, f"/api/v1/datasets/{ORG}/multi").json()["version"] == 0
 
 
 def test_an_upload_datetime_that_is_not_rfc3339_is_refused(api: Api) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -248,18 +249,31 @@ async def receive_file(
     )
     if early is not None:
         writer.on_write = early.wrote  # type: ignore[attr-defined]
+    # A raster is also written to a local spool file, checked there before it is stored:
+    # the store's own copy may be remote or sealed with the operator's key.
+    spool = hub.rasters.spool() if is_raster(file) else None
     try:
         async for chunk in body_chunks(request, hub.settings.body_idle_timeout_s):
             writer.write(chunk)
+            if spool is not None:
+                spool.write(chunk)
         if early is not None:
             early.complete()
+        if spool is not None:
+            spool.close()
+            await run_in_threadpool(hub.catalog.check_file, file, Path(spool.name), options)
         blob = await run_in_threadpool(writer.commit, announced)
     except BaseException:
-        # Disconnects, size limit, disk errors: the temporary file goes, nothing is visible.
+        # Disconnects, size limit, disk errors, a file refused: the temporary file goes,
+        # nothing is visible.
         writer.abort()
         if early is not None:
             hub.tables.early.drop(early, "the upload failed")
         raise
+    finally:
+        if spool is not None:
+            spool.close()
+            Path(spool.name).unlink(missing_ok=True)
     if early is not None:
         hub.tables.early.stored(early, blob.sha256, options_key(options))
     files = [{"name": file, "sha256": blob.sha256, "size": blob.size}]

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, case, delete, func, insert, select, update
@@ -127,6 +128,14 @@ class Catalog:
         self.policy = policy
         self.search = search
         self.version_hooks: list[VersionHook] = []
+        # Checks of a file's bytes (a local copy) before it may enter a version: each
+        # gets (file name, path, upload options) and raises (a 422) to refuse it.
+        self.file_checks: list[Callable[[str, Path, dict[str, Any]], None]] = []
+
+    def check_file(self, file_name: str, path: Path, options: dict[str, Any]) -> None:
+        """Run the file checks on a local copy of an upload, before it is stored."""
+        for check in self.file_checks:
+            check(file_name, path, options)
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:

@@ -272,6 +272,9 @@ class UploadSessions:
                     "announced; its bytes were discarded, send the file again",
                     file=f.name,
                 )
+        # The files' own checks (a raster must read as one), on the staged copies.
+        for f in files:
+            self.catalog.check_file(f.name, self._part(session_id, f.position), {})
         # Phase 2: link into the blob store. The staged parts stay until the version is
         # committed, so a failure here leaves a session the client can commit again.
         stored: dict[str, StoredBlob | None] = {

@@ -23,7 +23,13 @@ log = logging.getLogger("khazna.geo")
 
 
 class NotARaster(Exception):
-    """The file cannot be read as a georeferenced GeoTIFF."""
+    """The file cannot be read as a georeferenced GeoTIFF. ``damaged``: not even as an
+    image (unreadable, truncated, another format), as opposed to an intact TIFF without
+    georeferencing, which is a file like any other."""
+
+    def __init__(self, message: str, *, damaged: bool = True) -> None:
+        super().__init__(message)
+        self.damaged = damaged
 
 
 def is_raster(file_name: str) -> bool:
@@ -57,8 +63,11 @@ def inspect(path: Path) -> RasterInfo:
             if src.driver != "GTiff":
                 raise NotARaster(f"is a {src.driver} file, not a GeoTIFF")
             if src.crs is None:
-                raise NotARaster("has no coordinate reference system (not georeferenced)")
+                raise NotARaster(
+                    "has no coordinate reference system (not georeferenced)", damaged=False
+                )
             src.read(out_shape=(src.count, max(1, src.height // 64), max(1, src.width // 64)))
+            _check_blocks(src, path.stat().st_size)
             epsg = src.crs.to_epsg()
             west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
             descriptions = src.descriptions
@@ -76,6 +85,22 @@ def inspect(path: Path) -> RasterInfo:
             )
     except RasterioError as exc:
         raise NotARaster(_first_line(str(exc))) from exc
+
+
+def _check_blocks(src: Any, size: int) -> None:
+    """Every block of the full-resolution image lies inside the file: a truncated upload
+    (whose overviews, first in a COG, may still read) is refused without decoding it all."""
+    for band in range(1, src.count + 1):
+        for (row, col), _ in src.block_windows(band):
+            offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+            length = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+            if offset and length and int(offset) + int(length) > size:
+                raise NotARaster(
+                    f"is truncated: band {band}, block ({row}, {col}) ends at byte "
+                    f"{int(offset) + int(length)} of a {size}-byte file"
+                )
+        if src.interleaving is not None and src.interleaving.value == "PIXEL":
+            return  # the bands share their blocks
 
 
 def is_cog(path: Path) -> tuple[bool, list[str]]:

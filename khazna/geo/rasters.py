@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, true
 
@@ -37,12 +39,38 @@ RASTER_JOB = "ingest_raster"
 MAX_SIDECAR_BYTES = 1 << 20
 
 
+# The eo extension's common band names (https://github.com/stac-extensions/eo, v1.1.0).
+COMMON_NAMES = frozenset(
+    {"coastal", "blue", "green", "red", "yellow", "pan", "rededge", "nir", "nir08", "nir09"}
+    | {"cirrus", "swir16", "swir22", "lwir", "lwir11", "lwir12"}
+)
+_BAND_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
 def parse_raster_options(params: Any) -> dict[str, Any]:
-    """``?datetime=`` at upload: the acquisition time of a raster without one in its tags."""
+    """Options given at upload: ``?datetime=`` the acquisition time of a raster without one
+    in its tags; ``?bands=nir,red,...`` the name of each band in order (an eo common name
+    such as red or nir gives the band its role)."""
     out: dict[str, Any] = {}
     if when := params.get("datetime"):
         out["datetime"] = parse_rfc3339(when).isoformat().replace("+00:00", "Z")
+    if (given := params.get("bands")) is not None:
+        names = [n.strip().lower() for n in given.split(",")]
+        bad = [n for n in names if not _BAND_NAME.fullmatch(n)]
+        if bad or not names:
+            raise BadRequest(
+                f"bands must be band names separated by commas (letters, digits, _ and -), "
+                f"not {given!r}",
+                field="bands",
+            )
+        if len(set(names)) != len(names):
+            raise BadRequest(f"bands names a band twice: {given!r}", field="bands")
+        out["bands"] = names
     return out
+
+
+def eo_bands(names: list[str]) -> list[dict[str, str]]:
+    return [{"name": n, "common_name": n} if n in COMMON_NAMES else {"name": n} for n in names]
 
 
 def collection_id(org: str, name: str) -> str:
@@ -101,6 +129,7 @@ class Rasters:
         self.work_dir = work_dir
         work_dir.mkdir(parents=True, exist_ok=True)
         catalog.version_hooks.append(self.on_version)
+        catalog.file_checks.append(self.check_upload)
 
     # scheduling ------------------------------------------------------------------------
 
@@ -141,6 +170,37 @@ class Rasters:
             if row.payload.get("source_sha256") == sha:
                 return int(row.id)
         return None
+
+    def spool(self) -> IO[bytes]:
+        """A new temporary file for an arriving raster, removed by the caller."""
+        return tempfile.NamedTemporaryFile(
+            dir=self.work_dir, prefix="upload-", suffix=".tif", delete=False
+        )
+
+    def check_upload(self, file_name: str, path: Path, options: dict[str, Any]) -> None:
+        """Before a raster's version is made (``Catalog.file_checks``): a file rasterio
+        cannot read (damaged, truncated, not a TIFF), or whose bands do not match the names
+        given at upload, is refused with a 422 and nothing is stored. An intact TIFF without
+        georeferencing is let through: it stays a plain file, and its job says why."""
+        if not cog.is_raster(file_name):
+            return
+        try:
+            info = cog.inspect(path)
+        except cog.NotARaster as exc:
+            if not exc.damaged:  # a picture without coordinates: kept, said on the dataset
+                return
+            raise Unprocessable(
+                f"{file_name!r} is not a readable GeoTIFF: {exc}; nothing was stored",
+                file=file_name,
+            ) from None
+        names = options.get("bands")
+        if names is not None and len(names) != len(info.bands):
+            raise Unprocessable(
+                f"bands names {len(names)} band(s) ({', '.join(names)}) but {file_name!r} has "
+                f"{len(info.bands)}",
+                file=file_name,
+                field="bands",
+            )
 
     # the ingest job --------------------------------------------------------------------
 
@@ -260,6 +320,8 @@ class Rasters:
                     "converted": asset.cog_sha256 != f.sha256,
                 }
                 datetimes[f.name] = f.table_options.get("datetime")
+                if (names := f.table_options.get("bands")) is not None:
+                    infos[f.name]["eo:bands"] = eo_bands(names)
         sidecars = {
             f.name: item
             for f in files

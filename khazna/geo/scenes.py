@@ -146,11 +146,13 @@ def build_item(
             "roles": ["data"],
         }
         given_asset = src_assets.get(key)
+        if "eo:bands" in info:  # named at upload: that wins over the file and the sidecar
+            asset["eo:bands"] = info["eo:bands"]
         if isinstance(given_asset, dict):
             for k in ("title", "roles", "eo:bands"):
-                if k in given_asset:
+                if k in given_asset and (k != "eo:bands" or k not in asset):
                     asset[k] = given_asset[k]
-        elif any(b.get("name") for b in info["bands"]):
+        elif "eo:bands" not in asset and any(b.get("name") for b in info["bands"]):
             asset["eo:bands"] = [
                 {"name": b.get("name") or f"b{i + 1}"} for i, b in enumerate(info["bands"])
             ]
