@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from khazna import __version__
-from khazna.api import access, audit, errors, routes, stac, tables
+from khazna.api import access, audit, errors, indices, routes, stac, tables
 from khazna.config import Settings
 from khazna.hub import Hub
 from khazna.web import pages
@@ -41,6 +41,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
     app.include_router(access.router)
     app.include_router(audit.router)
     app.include_router(stac.router)
+    app.include_router(indices.router)
     app.add_api_route("/health", routes.health, include_in_schema=False)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")

@@ -17,6 +17,7 @@ from khazna.catalog.service import Catalog
 from khazna.catalog.uploads import UploadSessions
 from khazna.config import Settings
 from khazna.errors import StorageFailure
+from khazna.geo.indices import INDICES_JOB, Indices
 from khazna.geo.rasters import RASTER_JOB, Rasters
 from khazna.jobs import JobQueue, JobRunner
 from khazna.storage.blobstore import BlobStore, LocalBlobStore
@@ -106,6 +107,15 @@ class Hub:
             self.jobs,
             settings.home / "work",
         )
+        self.indices = Indices(
+            self.engine,
+            self.catalog,
+            self.rasters,
+            self.accounts,
+            self.jobs,
+            self.blobs,
+            settings.home / "work",
+        )
         self.query_slots = QuerySlots(settings.sql_concurrency)
         self.runner = JobRunner(
             self.jobs,
@@ -113,6 +123,7 @@ class Hub:
                 INGEST_JOB: self.tables.run_ingest,
                 PROFILE_JOB: self.tables.run_profile,
                 RASTER_JOB: self.rasters.run_ingest,
+                INDICES_JOB: self.indices.run,
             },
         )
         self.uploads = UploadSessions(

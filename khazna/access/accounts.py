@@ -274,9 +274,39 @@ class Accounts:
             )
         return out
 
+    def _grants(self, conn: Connection, user_id: int) -> tuple[dict[int, str], frozenset[int]]:
+        """A user's roles by organization, and the datasets its approved requests open."""
+        m, a = db.memberships, db.access_requests
+        roles = {
+            int(r.org_id): str(r.role)
+            for r in conn.execute(select(m.c.org_id, m.c.role).where(m.c.user_id == user_id))
+        }
+        approved = frozenset(
+            int(dataset_id)
+            for dataset_id in conn.execute(
+                select(a.c.dataset_id).where(
+                    a.c.user_id == user_id,
+                    a.c.state == "approved",
+                    or_(a.c.expires_at.is_(None), a.c.expires_at > db.utcnow()),
+                )
+            ).scalars()
+        )
+        return roles, approved
+
+    def principal_of(self, user_id: int) -> Principal:
+        """The user as it stands now, without a token: for work a job does on its behalf
+        (its rights are read again when the job runs, not carried from the request)."""
+        u = db.users
+        with self.engine.connect() as conn:
+            row = conn.execute(select(u.c.name, u.c.is_admin).where(u.c.id == user_id)).first()
+            if row is None:
+                raise NotFound(f"no user {user_id}")
+            roles, approved = self._grants(conn, user_id)
+        return Principal(user_id, str(row.name), bool(row.is_admin), roles, approved)
+
     def authenticate(self, token: str) -> Principal:
         """The principal behind a token, or Unauthorized saying why the token is refused."""
-        t, u, m, a = db.tokens, db.users, db.memberships, db.access_requests
+        t, u = db.tokens, db.users
         now = db.utcnow()
         with self.engine.connect() as conn:
             row = conn.execute(
@@ -301,21 +331,8 @@ class Accounts:
                 raise Unauthorized(f"this API token was revoked at {db.iso(row.revoked_at)}")
             if row.expires_at is not None and _aware(row.expires_at) <= now:
                 raise Unauthorized(f"this API token expired at {db.iso(row.expires_at)}")
-            roles = {
-                int(r.org_id): str(r.role)
-                for r in conn.execute(select(m.c.org_id, m.c.role).where(m.c.user_id == row.id))
-            }
             # Read at every request, so an approval, a refusal or an expiry counts at once.
-            approved = frozenset(
-                int(dataset_id)
-                for dataset_id in conn.execute(
-                    select(a.c.dataset_id).where(
-                        a.c.user_id == row.id,
-                        a.c.state == "approved",
-                        or_(a.c.expires_at.is_(None), a.c.expires_at > now),
-                    )
-                ).scalars()
-            )
+            roles, approved = self._grants(conn, int(row.id))
         last_used = None if row.last_used_at is None else _aware(row.last_used_at)
         if last_used is None or now - last_used > LAST_USED_PRECISION:
             # Written at most once a minute per token: a write on every request would queue

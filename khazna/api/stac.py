@@ -134,6 +134,16 @@ def item_doc(base: str, row: ItemRow) -> dict[str, Any]:
                 "type": "application/json",
             },
             {"rel": "root", "href": f"{base}/stac", "type": "application/json"},
+            *(
+                {
+                    "rel": "derived_from",
+                    "href": f"{base}/stac/collections/{quote(d['collection'])}"
+                    f"/items/{quote(d['item'])}",
+                    "type": GEOJSON,
+                }
+                for d in props.get("khazna:derived_from") or []
+                if isinstance(d, dict) and "collection" in d and "item" in d
+            ),
         ],
         "assets": assets,
     }
