@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import DATA, LiveServer, database_for, khazna_cmd, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -349,3 +350,122 @@ def test_a_geojson_file_is_drawn_on_a_map_and_nothing_leaves_the_hub(
     page.screenshot(path=shots / "map-ar.png")
     assert elsewhere == []
     page.context.close()
+
+
+def test_a_satellite_scene_is_drawn_from_the_hubs_own_tiles(
+    browser: Browser, demo_server: LiveServer, shots: Path
+) -> None:
+    page = new_page(browser, "fr")
+    hub_host = urlsplit(demo_server.url).hostname
+    elsewhere: list[str] = []
+    tiles: list[str] = []
+
+    def only_the_hub(route: Route) -> None:
+        url = route.request.url
+        if urlsplit(url).hostname != hub_host:
+            elsewhere.append(url)
+            route.abort()
+            return
+        if "/api/v1/tiles/" in url:
+            tiles.append(url)
+        route.continue_()
+
+    page.route("**/*", only_the_hub)
+    page.goto(demo_server.url + "/datasets/demo/sentinel2-29rkh-2020-02-19")
+    expect(page.get_by_role("heading", name="Carte")).to_be_visible()
+    # The footprint, one SVG path, over the scene's own tiles.
+    expect(page.locator("#map-1 .leaflet-overlay-pane svg path")).to_have_count(1)
+    loaded = page.locator("#map-1 img.leaflet-tile-loaded")
+    expect(loaded.first).to_be_visible()
+    assert loaded.count() >= 1
+    assert all(
+        "/api/v1/tiles/demo.sentinel2-29rkh-2020-02-19/S2A_29RKH_20200219_0_L2A/" in t
+        for t in tiles
+    )
+    # The quick-look, shown without JavaScript too, loaded at its full 512 pixels.
+    quicklook = page.get_by_alt_text("Aperçu de S2A_29RKH_20200219_0_L2A")
+    expect(quicklook).to_be_visible()
+    page.wait_for_function(
+        "() => document.querySelector('img.quicklook').complete"
+        " && document.querySelector('img.quicklook').naturalWidth > 0"
+    )
+    assert quicklook.evaluate("img => img.naturalWidth") == 512
+    # The switch hides the image.
+    switch = page.get_by_label("Image")
+    expect(switch).to_be_checked()
+    page.get_by_role("heading", name="Carte").scroll_into_view_if_needed()
+    page.evaluate("window.scrollBy(0, -16)")
+    page.screenshot(path=shots / "map-raster-fr.png")
+    switch.uncheck()
+    expect(page.locator("#map-1 img.leaflet-tile")).to_have_count(0)
+    assert elsewhere == []
+    page.context.close()
+
+
+def test_a_researcher_asks_for_access_and_the_publisher_approves_in_the_inbox(
+    browser: Browser, demo_server: LiveServer, shots: Path
+) -> None:
+    env = {**os.environ, "KHAZNA_HOME": str(demo_server.home), **database_for(demo_server.home)}
+
+    def add_user(name: str) -> str:
+        out = subprocess.run(
+            khazna_cmd("users", "add", name), env=env, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    researcher, publisher = add_user("chercheuse"), add_user("publisher")
+    with demo_server.client(timeout=60) as http:
+        assert http.post("/api/v1/organizations", json={"name": "sante"}).status_code == 201
+        member = {"user": "publisher", "role": "editor"}
+        assert http.put("/api/v1/organizations/sante/members", json=member).status_code == 204
+        body = {"org": "sante", "name": "enquete", "access": "restricted"}
+        assert http.post("/api/v1/datasets", json=body).status_code == 201
+        csv = (DATA / "tables" / "morocco_regions_rgph2024.csv").read_bytes()
+        job = http.put("/api/v1/datasets/sante/enquete/files/regions.csv", content=csv).json()[
+            "job"
+        ]
+        deadline = time.monotonic() + 60
+        # The demo holds the same bytes, converted already: then there is no job to wait for.
+        while job and http.get(f"/api/v1/jobs/{job['id']}").json()["state"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+    def signed_in(token: str) -> Page:
+        page = new_page(browser, "en")
+        page.goto(demo_server.url + "/signin?lang=en")
+        page.get_by_label("API token").fill(token)
+        page.get_by_role("button", name="Sign in").click()
+        return page
+
+    preview = demo_server.url + "/datasets/sante/enquete/tables/regions.csv"
+    asker = signed_in(researcher)
+    asker.goto(demo_server.url + "/datasets/sante/enquete")
+    expect(asker.get_by_text("Reading this dataset's files needs an access")).to_be_visible()
+    asker.get_by_label("Ask for access: what will you do with this data?").fill(
+        "Thèse sur les ménages des régions"
+    )
+    asker.get_by_role("button", name="Ask for access").click()
+    expect(asker).to_have_url(demo_server.url + "/requests?lang=en")
+    mine = asker.locator("#mine ~ div table tbody tr")
+    expect(mine).to_have_count(1)
+    expect(mine.first).to_contain_text("sante/enquete")
+    expect(mine.first).to_contain_text("pending")
+    asker.screenshot(path=shots / "request-en.png")
+    assert asker.goto(preview).status == 403  # type: ignore[union-attr]
+
+    decider = signed_in(publisher)
+    decider.goto(demo_server.url + "/requests?lang=en")
+    row = decider.locator("table.requests tbody tr")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("chercheuse")
+    expect(row).to_contain_text("Thèse sur les ménages des régions")
+    decider.screenshot(path=shots / "inbox-en.png")
+    decider.get_by_role("button", name="Approve chercheuse").click()
+    expect(decider.locator("table.requests tbody tr")).to_contain_text("approved")
+    decider.context.close()
+
+    asker.goto(demo_server.url + "/requests?lang=en")
+    expect(asker.locator("#mine ~ div table tbody tr").first).to_contain_text("approved")
+    asker.goto(preview)
+    expect(asker.get_by_role("cell", name="Casablanca-Settat", exact=True)).to_be_visible()
+    asker.context.close()

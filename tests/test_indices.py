@@ -166,7 +166,7 @@ def test_vci_of_a_three_date_series_with_drought_classes_and_zonal_statistics(
     ]
     item = stac(api, f"/stac/collections/{ORG}.drought/items/vci-mars").json()
     assert item["properties"]["datetime"] == "2020-03-01T00:00:00Z"  # the latest date's
-    assert sorted(item["assets"]) == ["classes", "index"]
+    assert sorted(item["assets"]) == ["classes", "index", "thumbnail"]
     got, data = read_asset(api, item["assets"]["index"]["href"])
     assert is_cog(data)
     assert got.tolist() == VCI

@@ -215,6 +215,8 @@ DATA_PATHS = {
     "profile": ("GET", f"/api/v1/tables/{ORG}/{{level}}/{FILE}/profile"),
     "stac_asset": ("GET", f"{API}/datasets/{ORG}/{{level}}/files/{RASTER}"),
     "cog": ("GET", f"{API}/datasets/{ORG}/{{level}}/files/{RASTER}/cog"),
+    "preview": ("GET", f"/stac/collections/{ORG}.{{level}}/items/red/preview.png"),
+    "tile": ("GET", f"{API}/tiles/{ORG}.{{level}}/red/0/0/0.png"),
 }
 
 

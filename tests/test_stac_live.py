@@ -82,7 +82,7 @@ def test_pystac_client_searches_the_hub(live: LiveServer) -> None:
     items = list(search.items())
     assert [i.id for i in items] == [SCENE]
     assert items[0].datetime is not None and items[0].datetime.isoformat().startswith("2020-02-19")
-    assert sorted(items[0].assets) == ["nir", "red"]
+    assert sorted(items[0].assets) == ["nir", "red", "thumbnail"]
     march = client.search(datetime="2020-03-01/2020-03-31", max_items=10)
     assert [i.id for i in march.items()] == ["red-window"]
     assert client.search(limit=1).matched() == 2

@@ -9,9 +9,11 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from khazna.access.accounts import Principal
 from khazna.api.deps import HubDep, Who, check_caller, quota_key, record
 from khazna.api.downloads import file_response
 from khazna.errors import BadRequest
+from khazna.geo import preview
 from khazna.geo.rasters import ItemRow
 from khazna.geo.search import FILTER_CONFORMANCE, parse_query, queryables
 
@@ -112,6 +114,13 @@ def item_doc(base: str, row: ItemRow) -> dict[str, Any]:
         "eo:bands" in a for a in assets.values()
     )
     url = f"{base}/stac/collections/{quote(cid)}/items/{quote(item['id'])}"
+    assets["thumbnail"] = {
+        "href": f"{url}/preview.png",
+        "type": "image/png",
+        "roles": ["thumbnail"],
+        "title": "Quick-look",
+    }
+    tiles = f"{base}/api/v1/tiles/{quote(cid)}/{quote(item['id'])}/{{z}}/{{x}}/{{y}}.png"
     return {
         "type": "Feature",
         "stac_version": STAC_VERSION,
@@ -134,6 +143,7 @@ def item_doc(base: str, row: ItemRow) -> dict[str, Any]:
                 "type": "application/json",
             },
             {"rel": "root", "href": f"{base}/stac", "type": "application/json"},
+            {"rel": "xyz", "href": tiles, "type": "image/png", "title": "Map tiles"},
             *(
                 {
                     "rel": "derived_from",
@@ -308,6 +318,52 @@ async def search_post(request: Request, who: Who, hub: HubDep) -> JSONResponse:
         "merge": False,
     }
     return _geojson(_page(request, rows, matched, query.offset, next_link))
+
+
+def _picture(request: Request, who: Principal, row: ItemRow, shown: str, png: bytes) -> Response:
+    """A PNG of an item's data: logged as a download of it, never cached by others."""
+    detail = {"item": row.item["id"], "shown": shown}
+    record(request, who, "download", org=row.org, dataset=row.dataset, version=row.version,
+           detail=detail)  # fmt: skip
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get(
+    "/stac/collections/{collection_id}/items/{item_id}/preview.png",
+    tags=["stac"],
+    response_class=Response,
+)
+def item_preview(
+    collection_id: str, item_id: str, request: Request, who: Who, hub: HubDep
+) -> Response:
+    """A PNG quick-look of the item, 512 pixels on its long side at most."""
+    row, channels = hub.rasters.channels(who, collection_id, item_id)
+    return _picture(request, who, row, "preview", preview.quicklook(channels))
+
+
+@router.get(
+    "/api/v1/tiles/{collection_id}/{item_id}/{z}/{x}/{y}.png",
+    tags=["stac"],
+    response_class=Response,
+)
+def item_tile(
+    collection_id: str,
+    item_id: str,
+    z: int,
+    x: int,
+    y: int,
+    request: Request,
+    who: Who,
+    hub: HubDep,
+) -> Response:
+    """XYZ map tile z/x/y (Web Mercator, 256 px) of the item; transparent where it has no data."""
+    try:
+        preview.check_tile(z, x, y)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    row, channels = hub.rasters.channels(who, collection_id, item_id)
+    png = preview.tile(channels, z, x, y)
+    return _picture(request, who, row, f"tile {z}/{x}/{y}", png or preview.transparent_tile())
 
 
 @router.get(

@@ -27,6 +27,7 @@ from khazna.catalog.service import Catalog, FileEntry, ResolvedFile
 from khazna.checksums import file_sha256
 from khazna.errors import BadRequest, Conflict, KhaznaError, NotFound, Unprocessable
 from khazna.geo import cog
+from khazna.geo.preview import Channel
 from khazna.geo.scenes import SIDECAR_SUFFIX, build_item, group
 from khazna.geo.search import ItemQuery, parse_rfc3339
 from khazna.jobs.queue import Job, JobQueue, PermanentFailure
@@ -534,6 +535,28 @@ class Rasters:
         entry = FileEntry(f"{stem}.cog.tif", int(asset.cog_size), asset.cog_sha256, "image/tiff")
         store = self.blobs if asset.cog_sha256 == ref.file.sha256 else self.derived
         return ResolvedFile(ref.org, ref.dataset, ref.access, ref.version, entry), store
+
+    def channels(self, who: Principal, cid: str, item_id: str) -> tuple[ItemRow, list[Channel]]:
+        """What a quick-look or a map tile of an item draws, once the caller may read its
+        data: red, green and blue by their eo:bands common names, else the first band of
+        its first asset. Read in place, through the store's own view of the COG."""
+        row = self.item(who, cid, item_id)
+        assets = row.item["assets"]
+        found: dict[str, tuple[str, int]] = {}
+        for key, asset in sorted(assets.items()):
+            for n, band in enumerate(asset.get("eo:bands") or [], start=1):
+                name = band.get("common_name") if isinstance(band, dict) else None
+                if name in ("red", "green", "blue") and name not in found:
+                    found[name] = (key, n)
+        if len(found) == 3:
+            chosen = [found["red"], found["green"], found["blue"]]
+        else:
+            chosen = [(sorted(assets)[0], 1)]
+        out = []
+        for key, band in chosen:
+            ref, store = self.cog_of(who, row.org, row.dataset, assets[key]["file"], row.version)
+            out.append(Channel(store.url_of(ref.file.sha256), band, store.filesystem))
+        return row, out
 
     def is_converted(self, sha: str) -> bool:
         with self.engine.connect() as conn:

@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -32,6 +32,8 @@ from khazna.api.routes import DatasetIn, create_dataset_as, receive_file
 from khazna.api.tables import ROW_PARAMS, open_query, read_table, row_limit, stream_result
 from khazna.catalog.names import pick_language
 from khazna.errors import BadRequest, KhaznaError, TooLarge, Unauthorized
+from khazna.geo.rasters import collection_id
+from khazna.geo.search import ItemQuery
 from khazna.hub import Hub
 from khazna.storage.blobstore import human_bytes
 from khazna.tables.query import OPERATORS
@@ -204,9 +206,7 @@ def dataset_page(request: Request, org: str, name: str, who: Who, hub: HubDep) -
         readable=readable,
         writable=who.authenticated and _writable(who, hub, org, name),
         layers=_map_layers(request, who, hub, dataset) if readable else [],
-        # Raster footprints (STAC items) join the map here: a list of layers like
-        # ``_map_layers``' ({file, bbox, geojson}), drawn in the template's map block.
-        footprints=[],
+        footprints=_footprints(who, hub, dataset) if readable else [],
         tiles=hub.settings.map_tiles_url,
     )
 
@@ -229,6 +229,31 @@ def _map_layers(
         detail = {"file": f["name"], "sha256": ref.file.sha256, "shown": "map"}
         record(request, who, "download", org=org, dataset=name, version=ref.version, detail=detail)
         layers.append({"file": f["name"], "bbox": geo.bbox(geojson), "geojson": geojson})
+    return layers
+
+
+MAP_MAX_ITEMS = 20  # raster items drawn on a dataset's page
+
+
+def _footprints(who: Principal, hub: Hub, dataset: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dataset's raster items as map layers like ``_map_layers``': the footprint, and
+    the item's own tiles and quick-look (whose requests are logged when the browser makes
+    them)."""
+    cid = collection_id(dataset["org"], dataset["name"])
+    rows, _ = hub.rasters.search(who, ItemQuery(collections=(cid,), limit=MAP_MAX_ITEMS))
+    layers = []
+    for row in rows:
+        item_id = row.item["id"]
+        footprint = {"type": "Feature", "geometry": row.item["geometry"], "properties": {}}
+        layers.append(
+            {
+                "file": item_id,
+                "bbox": row.item["bbox"],
+                "geojson": footprint,
+                "xyz": f"/api/v1/tiles/{quote(cid)}/{quote(item_id)}/{{z}}/{{x}}/{{y}}.png",
+                "preview": f"/stac/collections/{quote(cid)}/items/{quote(item_id)}/preview.png",
+            }
+        )
     return layers
 
 

@@ -10,8 +10,15 @@ document.querySelectorAll("div.map").forEach(function (box) {
   if (box.dataset.tiles) {
     L.tileLayer(box.dataset.tiles, { maxZoom: 19 }).addTo(map);
   }
+  // A raster item: its own tiles, from the hub, under its footprint; a switch hides them.
+  if (box.dataset.xyz) {
+    var image = L.tileLayer(box.dataset.xyz, { maxZoom: 18 }).addTo(map);
+    var shown = {};
+    shown[box.dataset.imageLabel || "Image"] = image;
+    L.control.layers(null, shown, { collapsed: false }).addTo(map);
+  }
   var layer = L.geoJSON(JSON.parse(source.textContent), {
-    style: { color: "#1f5c54", weight: 2, fillOpacity: 0.25 },
+    style: { color: "#1f5c54", weight: 2, fillOpacity: box.dataset.xyz ? 0 : 0.25 },
     // Points as SVG circles, so no marker image is fetched.
     pointToLayer: function (feature, at) {
       return L.circleMarker(at, { radius: 6 });
