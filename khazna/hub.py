@@ -106,6 +106,7 @@ class Hub:
             self.derived,
             self.jobs,
             settings.home / "work",
+            settings.max_upload_bytes,
         )
         self.indices = Indices(
             self.engine,

@@ -251,7 +251,7 @@ async def receive_file(
         writer.on_write = early.wrote  # type: ignore[attr-defined]
     # A raster is also written to a local spool file, checked there before it is stored:
     # the store's own copy may be remote or sealed with the operator's key.
-    spool = hub.rasters.spool() if is_raster(file) else None
+    spool = hub.rasters.spool() if hub.rasters.checks(file) else None
     try:
         async for chunk in body_chunks(request, hub.settings.body_idle_timeout_s):
             writer.write(chunk)

@@ -37,7 +37,7 @@ CONFORMANCE = [
 QUERYABLES = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
 SCHEMA_JSON = "application/schema+json"
 # Fields of a stored asset that are the hub's own bookkeeping, not STAC.
-_PRIVATE_ASSET_FIELDS = ("file", "converted")
+_PRIVATE_ASSET_FIELDS = ("file", "converted", "member")
 
 
 def _base(request: Request) -> str:
@@ -103,7 +103,8 @@ def item_doc(base: str, row: ItemRow) -> dict[str, Any]:
     assets: dict[str, Any] = {}
     for key, stored in item["assets"].items():
         path = f"{files}/{quote(stored['file'])}" + ("/cog" if stored["converted"] else "")
-        asset = {"href": f"{path}?version={row.version}"}
+        member = f"member={quote(stored['member'])}&" if stored.get("member") else ""
+        asset = {"href": f"{path}?{member}version={row.version}"}
         asset |= {k: v for k, v in stored.items() if k not in _PRIVATE_ASSET_FIELDS}
         assets[key] = asset
     props = item["properties"]
@@ -380,9 +381,11 @@ def download_cog(
     who: Who,
     hub: HubDep,
     version: Annotated[int | None, Query(ge=1)] = None,
+    member: Annotated[str | None, Query(max_length=1000)] = None,
 ) -> Response:
-    """The Cloud Optimized GeoTIFF made from a raster file that was not one; Range reads."""
-    ref, store = hub.rasters.cog_of(who, org, name, file, version)
+    """The Cloud Optimized GeoTIFF made from a raster file that was not one (or from the
+    raster ``member`` of a zip); Range reads."""
+    ref, store = hub.rasters.cog_of(who, org, name, file, version, member)
     key = quota_key(request, who)
     response = file_response(
         request,
@@ -393,6 +396,8 @@ def download_cog(
     )
     if request.method == "GET":
         detail = {"file": file, "cog_sha256": ref.file.sha256, "status": response.status_code}
+        if member is not None:
+            detail["member"] = member
         if response.status_code == 206:
             detail["range"] = response.headers["content-range"]
         record(request, who, "download", org=org, dataset=name, version=ref.version, detail=detail)

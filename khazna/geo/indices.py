@@ -448,8 +448,10 @@ class Indices:
             roles = {}
             for role in ("red", "nir"):
                 key, band = _role_band(row.item, role, (req.bands or {}).get(role))
-                file_name = row.item["assets"][key]["file"]
-                ref, store = self.rasters.cog_of(who, row.org, row.dataset, file_name, row.version)
+                asset = row.item["assets"][key]
+                ref, store = self.rasters.cog_of(
+                    who, row.org, row.dataset, asset["file"], row.version, asset.get("member")
+                )
                 scale, offset = _raster_band(row.item, key, band)
                 roles[role] = {
                     "asset": key,

@@ -26,7 +26,7 @@ from khazna.access.policy import AccessPolicy
 from khazna.catalog.service import Catalog, FileEntry, ResolvedFile
 from khazna.checksums import file_sha256
 from khazna.errors import BadRequest, Conflict, KhaznaError, NotFound, Unprocessable
-from khazna.geo import cog
+from khazna.geo import bundles, cog
 from khazna.geo.preview import Channel
 from khazna.geo.scenes import SIDECAR_SUFFIX, build_item, group
 from khazna.geo.search import ItemQuery, parse_rfc3339
@@ -120,6 +120,7 @@ class Rasters:
         derived: BlobStore,
         queue: JobQueue,
         work_dir: Path,
+        max_member_bytes: int = 5 << 30,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
@@ -128,6 +129,8 @@ class Rasters:
         self.derived = derived
         self.queue = queue
         self.work_dir = work_dir
+        # The largest raster a zip member may expand to: the upload limit of one file.
+        self.max_member_bytes = max_member_bytes
         work_dir.mkdir(parents=True, exist_ok=True)
         catalog.version_hooks.append(self.on_version)
         catalog.file_checks.append(self.check_upload)
@@ -140,7 +143,8 @@ class Rasters:
         """In the commit's transaction: queue the raster ingests it needs, rebuild items."""
         jobs: dict[str, int] = {}
         for f in files:
-            if not cog.is_raster(f.name) or self._asset(conn, f.sha256) is not None:
+            wanted = cog.is_raster(f.name) or bundles.is_bundle_name(f.name)
+            if not wanted or self._asset(conn, f.sha256) is not None:
                 continue
             pending = self._pending_job(conn, f.sha256)
             jobs[f.name] = (
@@ -172,6 +176,28 @@ class Rasters:
                 return int(row.id)
         return None
 
+    def _check_bundle(self, file_name: str, path: Path) -> None:
+        """A zip of rasters: within bounds, and every raster member readable."""
+        try:
+            rasters, _ = bundles.members(path, self.max_member_bytes)
+            for member in rasters:
+                with tempfile.TemporaryDirectory(dir=self.work_dir, prefix="upload-") as tmp:
+                    part = bundles.extract(path, member, Path(tmp) / "member.tif")
+                    try:
+                        cog.inspect(part)
+                    except cog.NotARaster as exc:
+                        if exc.damaged:
+                            raise bundles.BadBundle(f"{member.name!r} {exc}") from None
+        except bundles.BadBundle as exc:
+            raise Unprocessable(
+                f"{file_name!r}: {exc}; nothing was stored", file=file_name
+            ) from None
+
+    @staticmethod
+    def checks(file_name: str) -> bool:
+        """Whether an upload of this name is checked (so spooled) before it is stored."""
+        return cog.is_raster(file_name) or bundles.is_bundle_name(file_name)
+
     def spool(self) -> IO[bytes]:
         """A new temporary file for an arriving raster, removed by the caller."""
         return tempfile.NamedTemporaryFile(
@@ -183,6 +209,9 @@ class Rasters:
         cannot read (damaged, truncated, not a TIFF), or whose bands do not match the names
         given at upload, is refused with a 422 and nothing is stored. An intact TIFF without
         georeferencing is let through: it stays a plain file, and its job says why."""
+        if bundles.is_bundle_name(file_name):
+            self._check_bundle(file_name, path)
+            return
         if not cog.is_raster(file_name):
             return
         try:
@@ -217,6 +246,9 @@ class Rasters:
         work.mkdir(parents=True)
         try:
             source = self.blobs.local_file(sha, work)
+            if bundles.is_bundle_name(job.payload["file_name"]):
+                result = self._ingest_bundle(job, sha, source, work)
+                return {**result, "items": self._refresh_holders(sha)}
             try:
                 info = cog.inspect(source)
                 valid, _ = cog.is_cog(source)
@@ -247,6 +279,53 @@ class Rasters:
             shutil.rmtree(work, ignore_errors=True)
         items = self._refresh_holders(sha)
         return {"cog_sha256": cog_sha, "converted": converted, "items": items}
+
+    def _ingest_bundle(self, job: Job, sha: str, source: Path, work: Path) -> dict[str, Any]:
+        """A zip: each raster member made a COG of its own in the derived store (always
+        converted, even one that was a COG: a member has no blob of its own to serve), its
+        description kept under the zip's row. A zip without rasters is just a file."""
+        name = job.payload["file_name"]
+        try:
+            rasters, sidecar_members = bundles.members(source, self.max_member_bytes)
+        except bundles.BadBundle as exc:
+            return self._bundle_failed(sha, f"{name!r} {exc}")
+        sidecars = {}
+        for m in sidecar_members:
+            try:
+                item = json.loads(bundles.read_small(source, m))
+            except (ValueError, OSError):
+                continue
+            if isinstance(item, dict) and item.get("type") == "Feature":
+                sidecars[m.base] = item
+        if not rasters:
+            self._record(sha, status="none", info={"members": {}})
+            return {"status": "no raster in this zip"}
+        self._check_residency(sha)
+        described: dict[str, Any] = {}
+        for member in rasters:
+            part = work / "member.tif"
+            target = work / "cog.tif"
+            try:
+                bundles.extract(source, member, part)
+                info = cog.inspect(part)
+                cog.to_cog(part, target)
+            except (bundles.BadBundle, cog.NotARaster) as exc:
+                return self._bundle_failed(sha, f"{name!r}: {member.name!r}: {exc}")
+            cog_sha, cog_size = file_sha256(target), target.stat().st_size
+            self.derived.place(target, cog_sha, cog_size)
+            described[member.name] = {
+                **info.as_dict(),
+                "sha256": file_sha256(part),
+                "cog_sha256": cog_sha,
+                "cog_size": cog_size,
+            }
+            part.unlink()
+        self._record(sha, status="ready", info={"members": described, "sidecars": sidecars})
+        return {"members": sorted(described)}
+
+    def _bundle_failed(self, sha: str, error: str) -> dict[str, Any]:
+        self._record(sha, status="failed", error=error)
+        raise PermanentFailure(error)
 
     def _check_residency(self, sha: str) -> None:
         """A converted COG goes where the original is; refuse it when a dataset holding the
@@ -309,7 +388,12 @@ class Rasters:
         infos: dict[str, dict[str, Any]] = {}
         datetimes: dict[str, str | None] = {}
         pending: set[str] = set()
+        zipped: dict[str, dict[str, Any]] = {}  # sidecar items found in zips
+        file_names = {f.name for f in files}
         for f in files:
+            if bundles.is_bundle_name(f.name):
+                zipped |= self._bundle_infos(conn, f, file_names, infos, datetimes)
+                continue
             if not cog.is_raster(f.name):
                 continue
             asset = self._asset(conn, f.sha256)
@@ -323,7 +407,7 @@ class Rasters:
                 datetimes[f.name] = f.table_options.get("datetime")
                 if (names := f.table_options.get("bands")) is not None:
                     infos[f.name]["eo:bands"] = eo_bands(names)
-        sidecars = {
+        sidecars = zipped | {
             f.name: item
             for f in files
             if f.name.lower().endswith(SIDECAR_SUFFIX) and (item := self._sidecar(f)) is not None
@@ -345,6 +429,8 @@ class Rasters:
                 info = infos[scene.files[key]]
                 # Served as the original file, or as its converted COG (api/stac.py).
                 asset["converted"] = info["converted"]
+                if "bundle" in info:  # a zip's member: the zip, and the member in it
+                    asset["file"], asset["member"] = info["bundle"], info["member"]
             west, south, east, north = item["bbox"]
             rows.append(
                 {
@@ -362,6 +448,27 @@ class Rasters:
         if rows:
             conn.execute(insert(db.stac_items), rows)
         return len(rows)
+
+    def _bundle_infos(
+        self,
+        conn: Connection,
+        f: FileEntry,
+        names: set[str],
+        infos: dict[str, dict[str, Any]],
+        datetimes: dict[str, str | None],
+    ) -> dict[str, dict[str, Any]]:
+        """Add a ready zip's rasters to ``infos`` under their own names (the zip's name
+        and theirs when another file of the version has it), so that they group into scenes
+        like uploaded band files; returns the sidecar items the zip holds."""
+        asset = self._asset(conn, f.sha256)
+        if asset is None or asset.status != "ready":
+            return {}
+        for member, info in asset.info["members"].items():
+            base = member.rsplit("/", 1)[-1]
+            shown = base if base not in names and base not in infos else f"{f.name}/{base}"
+            infos[shown] = info | {"converted": True, "bundle": f.name, "member": member}
+            datetimes[shown] = f.table_options.get("datetime")
+        return dict(asset.info.get("sidecars") or {})
 
     def _sidecar(self, f: FileEntry) -> dict[str, Any] | None:
         """A sidecar STAC Item's JSON, or None when it is not one (then it is just a file)."""
@@ -514,11 +621,20 @@ class Rasters:
         return rows[0]
 
     def cog_of(
-        self, who: Principal, org: str, name: str, file_name: str, version: int | None
+        self,
+        who: Principal,
+        org: str,
+        name: str,
+        file_name: str,
+        version: int | None,
+        member: str | None = None,
     ) -> tuple[ResolvedFile, BlobStore]:
         """The COG of a raster file the caller may read, as a file to serve and the store
-        holding it: the converted COG, or the upload itself when it already was one."""
+        holding it: the converted COG, or the upload itself when it already was one; for a
+        zip, the COG of its raster ``member``."""
         ref = self.catalog.resolve_file(who, org, name, file_name, version)
+        if member is not None:
+            return self._member_cog(ref, file_name, member)
         if not cog.is_raster(file_name):
             raise NotFound(f"{file_name!r} is not a raster")
         with self.engine.connect() as conn:
@@ -554,9 +670,36 @@ class Rasters:
             chosen = [(sorted(assets)[0], 1)]
         out = []
         for key, band in chosen:
-            ref, store = self.cog_of(who, row.org, row.dataset, assets[key]["file"], row.version)
+            asset = assets[key]
+            ref, store = self.cog_of(
+                who, row.org, row.dataset, asset["file"], row.version, asset.get("member")
+            )
             out.append(Channel(store.url_of(ref.file.sha256), band, store.filesystem))
         return row, out
+
+    def _member_cog(
+        self, ref: ResolvedFile, file_name: str, member: str
+    ) -> tuple[ResolvedFile, BlobStore]:
+        if not bundles.is_bundle_name(file_name):
+            raise NotFound(f"{file_name!r} is not a zip: it has no member {member!r}")
+        with self.engine.connect() as conn:
+            asset = self._asset(conn, ref.file.sha256)
+            pending = None if asset is not None else self._pending_job(conn, ref.file.sha256)
+        if asset is None:
+            raise Conflict(
+                f"zip {file_name!r} is being prepared (job {pending}); try again soon",
+                job=pending,
+            )
+        if asset.status == "failed":
+            raise Unprocessable(str(asset.error))
+        found = (asset.info or {}).get("members", {}).get(member)
+        if found is None:
+            raise NotFound(f"zip {file_name!r} has no raster {member!r}")
+        stem = member.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        entry = FileEntry(
+            f"{stem}.cog.tif", int(found["cog_size"]), found["cog_sha256"], "image/tiff"
+        )
+        return ResolvedFile(ref.org, ref.dataset, ref.access, ref.version, entry), self.derived
 
     def is_converted(self, sha: str) -> bool:
         with self.engine.connect() as conn:
@@ -568,6 +711,14 @@ class Rasters:
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for f in files:
+                if bundles.is_bundle_name(f.name):
+                    asset = self._asset(conn, f.sha256)
+                    if asset is not None and asset.status == "failed":
+                        out[f.name] = {"status": "failed", "error": asset.error}
+                    elif asset is not None and asset.status == "ready":
+                        members = sorted(asset.info["members"])
+                        out[f.name] = {"status": "ready", "members": members}
+                    continue  # pending, or no raster in it: just a file
                 if not cog.is_raster(f.name):
                     continue
                 asset = self._asset(conn, f.sha256)
@@ -599,8 +750,12 @@ class Rasters:
         """Converted COGs held in the derived store (an already-COG upload is its blob)."""
         a = db.raster_assets
         with self.engine.connect() as conn:
-            return [
-                str(r.cog_sha256)
-                for r in conn.execute(select(a.c.source_sha256, a.c.cog_sha256))
-                if r.cog_sha256 is not None and r.cog_sha256 != r.source_sha256
-            ]
+            rows = conn.execute(select(a.c.source_sha256, a.c.cog_sha256, a.c.info)).all()
+        found = [
+            str(r.cog_sha256)
+            for r in rows
+            if r.cog_sha256 is not None and r.cog_sha256 != r.source_sha256
+        ]
+        for r in rows:  # the COGs of zips' members
+            found += [m["cog_sha256"] for m in ((r.info or {}).get("members") or {}).values()]
+        return found
