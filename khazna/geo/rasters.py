@@ -637,16 +637,7 @@ class Rasters:
             return self._member_cog(ref, file_name, member)
         if not cog.is_raster(file_name):
             raise NotFound(f"{file_name!r} is not a raster")
-        with self.engine.connect() as conn:
-            asset = self._asset(conn, ref.file.sha256)
-            pending = None if asset is not None else self._pending_job(conn, ref.file.sha256)
-        if asset is None:
-            raise Conflict(
-                f"raster {file_name!r} is being prepared (job {pending}); try again soon",
-                job=pending,
-            )
-        if asset.status != "ready":
-            raise Unprocessable(str(asset.error))
+        asset = self._ready(ref, f"raster {file_name!r}")
         stem = file_name.rsplit(".", 1)[0]
         entry = FileEntry(f"{stem}.cog.tif", int(asset.cog_size), asset.cog_sha256, "image/tiff")
         store = self.blobs if asset.cog_sha256 == ref.file.sha256 else self.derived
@@ -677,21 +668,24 @@ class Rasters:
             out.append(Channel(store.url_of(ref.file.sha256), band, store.filesystem))
         return row, out
 
+    def _ready(self, ref: ResolvedFile, what: str) -> Any:
+        """The file's raster_assets row once its job is done: 409 while it runs, 422 when
+        it failed."""
+        with self.engine.connect() as conn:
+            asset = self._asset(conn, ref.file.sha256)
+            pending = None if asset is not None else self._pending_job(conn, ref.file.sha256)
+        if asset is None:
+            raise Conflict(f"{what} is being prepared (job {pending}); try again soon", job=pending)
+        if asset.status == "failed":
+            raise Unprocessable(str(asset.error))
+        return asset
+
     def _member_cog(
         self, ref: ResolvedFile, file_name: str, member: str
     ) -> tuple[ResolvedFile, BlobStore]:
         if not bundles.is_bundle_name(file_name):
             raise NotFound(f"{file_name!r} is not a zip: it has no member {member!r}")
-        with self.engine.connect() as conn:
-            asset = self._asset(conn, ref.file.sha256)
-            pending = None if asset is not None else self._pending_job(conn, ref.file.sha256)
-        if asset is None:
-            raise Conflict(
-                f"zip {file_name!r} is being prepared (job {pending}); try again soon",
-                job=pending,
-            )
-        if asset.status == "failed":
-            raise Unprocessable(str(asset.error))
+        asset = self._ready(ref, f"zip {file_name!r}")
         found = (asset.info or {}).get("members", {}).get(member)
         if found is None:
             raise NotFound(f"zip {file_name!r} has no raster {member!r}")
