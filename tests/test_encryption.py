@@ -466,3 +466,29 @@ def test_a_blob_put_in_place_of_another_is_found(api: Api) -> None:
     r = api.http.get(f"{API}/datasets/{ORG}/notes/files/b.txt")
     assert r.status_code == 507
     assert r.json()["error"]["code"] == "storage_failure"
+
+
+def test_a_raster_on_an_encrypted_hub_gives_its_cog_picture_and_ndvi(api: Api) -> None:
+    """The COG, the quick-look and NDVI read the sealed files through the decrypting view."""
+    from tests.test_preview import png
+    from tests.test_stac import B04, ORG, SCENE, load_scene
+
+    load_scene(api)
+    store = sealed_store(api)
+    item = api.http.get(f"/stac/collections/{ORG}.s2/items/{SCENE}").json()
+    red = api.http.get(item["assets"]["red"]["href"])
+    assert red.status_code == 200 and red.content == B04.read_bytes()
+    # At rest the band is ciphertext: the plaintext's first 4 KiB are nowhere in it.
+    assert B04.read_bytes()[:4096] not in raw_bytes(store, hashlib.sha256(red.content).hexdigest())
+    picture = api.http.get(item["assets"]["thumbnail"]["href"])
+    assert picture.status_code == 200
+    assert png(picture.content).shape == (4, 512, 512)
+    r = api.http.post(
+        "/api/v1/datasets", json={"org": ORG, "name": "ndvi"}, headers=api.auth(api.editor)
+    )
+    assert r.status_code == 201
+    body = {"index": "ndvi", "collection": f"{ORG}.s2", "target": f"{ORG}/ndvi"}
+    r = api.http.post("/api/v1/indices", json=body, headers=api.auth(api.editor))
+    assert r.status_code == 202, r.text
+    wait_for_jobs(api)
+    assert api.hub.jobs.get(r.json()["job"]["id"])["state"] == "done"
