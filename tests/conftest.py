@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +249,9 @@ class LiveServer:
     home: Path
     proc: subprocess.Popen[bytes]
     token: str  # an admin's
+    # The server's own environment: its KHAZNA_HOME and database, for commands run on its
+    # hub folder (a module's server may outlive the test whose database it started with).
+    environ: dict[str, str] = field(default_factory=dict)
 
     def client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(
@@ -298,7 +301,7 @@ def start_server(
             raise RuntimeError((home / "server.log").read_text())
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return LiveServer(url, home, proc, token)
+                return LiveServer(url, home, proc, token, env)
         except httpx.TransportError:
             time.sleep(0.1)
     proc.kill()

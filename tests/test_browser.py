@@ -21,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
-from tests.conftest import DATA, LiveServer, database_for, khazna_cmd, start_server, stop_server
+from tests.conftest import DATA, LiveServer, khazna_cmd, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -405,7 +405,7 @@ def test_a_satellite_scene_is_drawn_from_the_hubs_own_tiles(
 def test_a_researcher_asks_for_access_and_the_publisher_approves_in_the_inbox(
     browser: Browser, demo_server: LiveServer, shots: Path
 ) -> None:
-    env = {**os.environ, "KHAZNA_HOME": str(demo_server.home), **database_for(demo_server.home)}
+    env = demo_server.environ  # its hub folder and database, whatever this test's are
 
     def add_user(name: str) -> str:
         out = subprocess.run(
