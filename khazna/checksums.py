@@ -9,8 +9,6 @@ READ_CHUNK = 1024 * 1024
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+    # file_digest reads into one reused buffer, without holding the GIL while it hashes.
     with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

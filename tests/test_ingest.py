@@ -481,7 +481,8 @@ def test_census_and_copy_convert_every_value_alike() -> None:
         "2024/01/31", "2024-1-5", "2024-02-30", "2024-01-31 10:00:00", "2024-01-31T10:00:00Z",
         "2024-01-31 10:00 ab", "2024-01-31 10:00:00+01:00", "31/01/2024", "Rabat", "", " ",
         "06.141.01.00", "-5", "-05", "-.5", "-", "9", "1", ":5", "/5", "١٢", "٣.٥", "9" * 16,
-        "9" * 17 + ".5", "0.", "-0.5",
+        "9" * 17 + ".5", "0.", "-0.5", "-9", "-9.75", "-:5", "-/5", "-é", "--5", "- 5",
+        "-" + "9" * 15, "-" + "9" * 16,
     ]  # fmt: skip
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -507,9 +508,10 @@ def test_census_and_copy_convert_every_value_alike() -> None:
     numbers = {v: converted["BIGINT", v] for v in ("42", " 42 ", "-0", "01", "+5", "1.5", "0x10")}
     assert numbers == {"42": 42, " 42 ": 42, "-0": 0, "01": None, "+5": None, "1.5": None,
                        "0x10": None}  # fmt: skip
-    doubles = {v: converted["DOUBLE", v] for v in ("-13.2", ".5", "1e5", "01.5", "12_34", "+5")}
+    shown = ("-13.2", ".5", "1e5", "01.5", "12_34", "+5", "-9.75", "--5")
+    doubles = {v: converted["DOUBLE", v] for v in shown}
     assert doubles == {"-13.2": -13.2, ".5": 0.5, "1e5": 100000.0, "01.5": None, "12_34": None,
-                       "+5": None}  # fmt: skip
+                       "+5": None, "-9.75": -9.75, "--5": None}  # fmt: skip
     assert converted["DOUBLE", "12345678901234567"] is None  # an identifier, not a double
     assert converted["DOUBLE", "inf"] is None and converted["DOUBLE", "-inf"] is None
     assert converted["BOOLEAN", "TRUE "] is None and converted["BOOLEAN", "False"] is False

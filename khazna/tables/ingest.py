@@ -28,8 +28,6 @@ import codecs
 import contextlib
 import csv
 import dataclasses
-import hashlib
-import io
 import math
 import re
 import shutil
@@ -46,7 +44,8 @@ import duckdb
 import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import python_calamine
-from fsspec.spec import AbstractFileSystem  # type: ignore[import-untyped]
+
+from khazna.checksums import file_sha256
 
 TABLE_FORMATS: dict[str, str] = {
     ".csv": "csv",
@@ -113,7 +112,6 @@ class IngestResult:
     problem_count: int  # ...but all counted
     encoding: str | None  # detected or declared text encoding (None for parquet/xlsx)
     delimiter: str | None
-    # Computed as DuckDB wrote the file (see _Outputs); None if that was not possible.
     parquet_sha256: str | None = None
 
 
@@ -174,9 +172,7 @@ def ingest(
     if size == 0:
         raise NotATable("empty file")
     out = work_dir / "table.parquet"
-    outputs = _Outputs(work_dir)
     with _connect(work_dir, memory_limit, threads) as con:
-        con.register_filesystem(outputs)
         if arriving is not None:
             con.register_filesystem(arriving.filesystem)
         if on_connect is not None:
@@ -189,79 +185,9 @@ def ingest(
             result = _ingest_parquet(con, source, out)
         else:
             result = _ingest_json(con, source, out, ndjson=kind == "ndjson")
-    return dataclasses.replace(result, parquet_sha256=outputs.sha256_of(out))
-
-
-_OUTPUT = "khazna-output"
-
-
-def _output_url(out: Path) -> str:
-    """Where a COPY writes ``out``: through _Outputs, which hashes it on the way."""
-    return f"{_OUTPUT}://{out.name}"
-
-
-class _HashingFile(io.RawIOBase):
-    """A file written front to back, hashed as it is written."""
-
-    def __init__(self, outputs: _Outputs, name: str) -> None:
-        super().__init__()
-        self._outputs, self._name = outputs, name
-        self._file = open(outputs.folder / name, "wb")  # noqa: SIM115 - closed in close()
-        self._hash = hashlib.sha256()
-        self._size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self._file.write(view)
-        self._hash.update(view)
-        self._size += len(view)
-        return len(view)
-
-    def tell(self) -> int:
-        return self._size
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        # A writer that went back would make the running hash wrong: refuse.
-        if (whence, offset) in ((io.SEEK_SET, self._size), (io.SEEK_CUR, 0), (io.SEEK_END, 0)):
-            return self._size
-        raise OSError("the table is written front to back only")
-
-    def close(self) -> None:
-        if not self.closed:
-            self._file.close()
-            self._outputs.written[self._name] = (self._hash.hexdigest(), self._size)
-        super().close()
-
-
-class _Outputs(AbstractFileSystem):  # type: ignore[misc]
-    """``khazna-output://NAME`` is ``folder/NAME``, written through _HashingFile: the
-    Parquet's SHA-256 (its name in the derived store) comes without reading it again."""
-
-    protocol = (_OUTPUT,)
-    cachable = False
-
-    def __init__(self, folder: Path) -> None:
-        super().__init__()
-        self.folder = folder
-        self.written: dict[str, tuple[str, int]] = {}
-
-    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> _HashingFile:
-        if mode != "wb":
-            raise PermissionError("tables are only written here")
-        name = str(self._strip_protocol(path)).strip("/")
-        self.written.pop(name, None)
-        return _HashingFile(self, name)
-
-    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        raise FileNotFoundError(path)  # nothing to overwrite: each output is new
-
-    def sha256_of(self, out: Path) -> str | None:
-        """The hash of ``out`` as last written through here, if it is still that file."""
-        digest, size = self.written.get(out.name, (None, -1))
-        return digest if out.stat().st_size == size else None
+    # Hashed once written: a Python filesystem hashing as DuckDB writes costs more (each
+    # write crosses into Python with a fresh buffer) than reading the file back.
+    return dataclasses.replace(result, parquet_sha256=file_sha256(out))
 
 
 # --- DuckDB -----------------------------------------------------------------------------
@@ -727,11 +653,12 @@ _RULES = {
     ),
     # A first digit 1-9, "0." or "-" then 1-9, short and without "_": DuckDB's cast accepts
     # such text exactly when the expression does. (Comparing strings, which DuckDB does on
-    # bytes, tests a first digit in a third of the time ascii() takes.)
+    # bytes, tests a first digit in a third of the time ascii() takes; "-1" <= v < "-:" is
+    # "-" then 1-9 without substr's walk over UTF-8.)
     "DOUBLE": _Rule(
         _NUMBER_START,
         "CASE WHEN ({v} >= '1' AND {v} < ':' OR {v} LIKE '0.%'"
-        " OR ({v} LIKE '-%' AND substr({v}, 2, 1) BETWEEN '1' AND '9'))"
+        " OR ({v} >= '-1' AND {v} < '-:'))"
         " AND strlen({v}) <= 16 AND NOT contains({v}, '_')"
         f" OR regexp_full_match({{v}}, '{_RE_DOUBLE}') THEN try_cast({{v}} AS DOUBLE) END",
     ),
@@ -931,7 +858,7 @@ def _copy_csv(
         exprs.append(f"{value} AS {_ident(name)}")
     rejects = src.rejects_table()
     select = f"SELECT {', '.join(exprs)} FROM {src.read(rejects=rejects)}"
-    sql = f"COPY ({select}) TO {_lit(_output_url(out))}"
+    sql = f"COPY ({select}) TO {_lit(str(out))}"
     try:
         row = _one(con, f"{sql} (FORMAT parquet)")
     except duckdb.Error as exc:
@@ -1237,7 +1164,7 @@ def _copy_typed(con: Any, relation_sql: str, out: Path) -> tuple[int, list[Colum
         exprs.append(f"{sql} AS {_ident(name)}")
         columns.append(Column(name, type_))
     select = f"SELECT {', '.join(exprs)} FROM {relation_sql}"
-    row = _one(con, f"COPY ({select}) TO {_lit(_output_url(out))} (FORMAT parquet)")
+    row = _one(con, f"COPY ({select}) TO {_lit(str(out))} (FORMAT parquet)")
     return int(row[0]), columns
 
 
