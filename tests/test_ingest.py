@@ -521,6 +521,23 @@ def test_census_and_copy_convert_every_value_alike() -> None:
     assert converted["TIMESTAMP", "2024-01-31T10:00:00Z"] == dt.datetime(2024, 1, 31, 10)
 
 
+def test_first_character_tests_agree_with_ascii() -> None:
+    # The rules test a text's first character by comparing bytes; ascii() says the same.
+    texts = [chr(c) + tail for c in range(1, 128) for tail in ("", "x", "9")]
+    texts += ["", "é", "éa", "١٢", "\u00a0", "\u2003x", "😀", "Ω"]
+    sets = ("0123456789", "0123456789 -.", "FTft", "\t\n\r ")
+    con = duckdb.connect()
+    for chars in sets:
+        ours = ingest_module._sql(ingest_module._starts_with_any(*chars), "v")
+        codes = ", ".join(str(ord(c)) for c in chars)
+        for text in texts:
+            a, b = con.execute(
+                f"SELECT {ours}, ascii(v) IN ({codes}) FROM (SELECT ? AS v)", [text]
+            ).fetchone()
+            assert bool(a) == bool(b), (chars, text)
+    con.close()
+
+
 # --- dialects -------------------------------------------------------------------------------
 
 
