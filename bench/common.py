@@ -45,24 +45,51 @@ def file_chunks(path: Path) -> Iterator[bytes]:
 
 
 class RssSampler:
-    """Peak RSS of a process (and its children, unless ``children`` is False), sampled
-    every ``RSS_SAMPLE_S`` in a thread."""
+    """Peak RSS of a process (and its children, unless ``children`` is False) while the
+    ``with`` block runs.
+
+    On Linux with the right to reset it (the process's owner, or root), the kernel keeps the
+    peak itself: the high-water mark (VmHWM) is reset on entry and read on exit, and
+    nothing runs in between. Sampling instead costs CPU on the machine being measured: with
+    children, psutil finds them by reading every process's /proc entry, about 1 CPU-second
+    in a 7-second ingest on two cores. A child's peaks are added to the parent's, which can
+    only overstate the peak of their sum. Elsewhere RSS is sampled every ``RSS_SAMPLE_S``
+    in a thread.
+    """
 
     def __init__(self, pid: int, children: bool = True) -> None:
         self._proc = psutil.Process(pid)
         self._children = children
         self.before = self._rss()
         self.peak = self.before
+        self.kernel_peak = False  # True once the kernel's high-water marks are in use
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _family(self) -> list[psutil.Process]:
+        return [self._proc, *(self._proc.children(recursive=True) if self._children else [])]
+
     def _rss(self) -> int:
-        total = int(self._proc.memory_info().rss)
-        if self._children:
-            for child in self._proc.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    total += int(child.memory_info().rss)
+        total = 0
+        for proc in self._family():
+            with contextlib.suppress(psutil.Error):
+                total += int(proc.memory_info().rss)
         return total
+
+    @staticmethod
+    def _reset_peak(pid: int) -> bool:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        except OSError:
+            return False
+        return True
+
+    @staticmethod
+    def _kernel_peak(pid: int) -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise OSError(f"no VmHWM for process {pid}")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -73,10 +100,20 @@ class RssSampler:
             self._stop.wait(RSS_SAMPLE_S)
 
     def __enter__(self) -> RssSampler:
-        self._thread.start()
+        family = self._family()
+        self.kernel_peak = all(self._reset_peak(p.pid) for p in family)
+        if not self.kernel_peak:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.kernel_peak:
+            total = 0
+            for proc in self._family():  # a child born meanwhile: its peak since birth
+                with contextlib.suppress(OSError, psutil.Error):
+                    total += self._kernel_peak(proc.pid)
+            self.peak = max(self.peak, total)
+            return
         self._stop.set()
         self._thread.join()
         with contextlib.suppress(psutil.Error):
