@@ -25,6 +25,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 CHUNK = 16 * 1024 * 1024
 READ = 1024 * 1024
 BUSY_RETRIES = 50  # a few minutes of patience for the hub to notice a dead request
+JOB_WAIT_S = 30.0  # one long poll of a job: well within the HTTP read timeout
 
 # Called as progress(file_name, bytes_done, bytes_total) while a file moves.
 Progress = Callable[[str, int, int], None]
@@ -277,17 +278,21 @@ class Client:
         org, name = split_ref(ref)
         return self._json("GET", f"/tables/{org}/{name}/{quote(file_name)}/rows", params=params)
 
-    def job(self, job_id: int) -> dict[str, Any]:
-        return self._json("GET", f"/jobs/{job_id}")
+    def job(self, job_id: int, wait: float = 0) -> dict[str, Any]:
+        """The job; with ``wait`` (seconds, at most 60), once it is done or failed, or when
+        ``wait`` has passed."""
+        params = {"wait": f"{wait:g}"} if wait > 0 else None
+        return self._json("GET", f"/jobs/{job_id}", params=params)
 
     def wait_for_job(self, job_id: int, timeout: float = 600.0) -> dict[str, Any]:
-        """Poll a job until it is done or failed."""
+        """The job once it is done or failed (the hub answers when it ends), or its state
+        after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            job = self.job(job_id)
-            if job["state"] in ("done", "failed") or time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            job = self.job(job_id, wait=min(max(left, 0), JOB_WAIT_S))
+            if job["state"] in ("done", "failed") or left <= 0:
                 return job
-            time.sleep(0.1)
 
     # upload --------------------------------------------------------------------------
 

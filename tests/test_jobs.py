@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -144,3 +145,21 @@ def test_a_job_queued_in_a_slow_transaction_runs_once_it_commits(tmp_path: Path)
         assert (q.get(job_id)["state"], q.get(job_id)["result"]) == ("done", {"n": 7})
     finally:
         runner.stop()
+
+
+def test_a_watch_hears_when_another_thread_ends_the_job(tmp_path: Path) -> None:
+    q = queue(tmp_path)
+    job_id, other_id = add(q, {"n": 1}), add(q, {"n": 2})
+    assert q.claim("w") is not None
+
+    async def scenario() -> tuple[bool, bool, str]:
+        async with q.watch(job_id) as watch, q.watch(other_id) as other:
+            ender = threading.Timer(0.05, q.finish, (job_id, {"ok": True}))
+            ender.start()
+            heard = await watch.wait(30)  # woken by the end, long before 30 s
+            ender.join()
+            state = q.get(job_id)["state"]
+            return heard, await other.wait(0.05), state
+
+    assert asyncio.run(scenario()) == (True, False, "done")
+    assert q._watches == {}  # nothing left behind once the requests are answered

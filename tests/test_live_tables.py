@@ -73,6 +73,30 @@ def test_a_restart_in_the_middle_of_an_ingest_finishes_it(live_factory, tmp_path
         again.proc.wait(10)
 
 
+def test_a_client_waits_for_a_job_in_one_request(live_factory, tmp_path: Path) -> None:
+    server = live_factory()
+    data = tmp_path / "mesures.csv"
+    big_csv(data, 4_000_000)
+    with server.client(timeout=120) as c:
+        c.post("/api/v1/organizations", json={"name": ORG})
+        c.post("/api/v1/datasets", json={"org": ORG, "name": "mesures", "access": "private"})
+        with open(data, "rb") as f:
+            answer = c.put(f"/api/v1/datasets/{ORG}/mesures/files/mesures.csv", content=f)
+        url = f"/api/v1/jobs/{answer.json()['job']['id']}"
+        # Converting 4M rows takes seconds: a short wait ends with the job still at work.
+        assert c.get(url, params={"wait": 0.2}).json()["state"] in ("queued", "running")
+        # A long one ends when the job does.
+        job = c.get(url, params={"wait": 60}).json()
+        assert (job["state"], job["result"]["rows"]) == ("done", 4_000_000)
+        too_long = c.get(url, params={"wait": 61})
+        assert too_long.status_code == 400
+        assert too_long.json()["error"]["code"] == "bad_request"
+        assert "wait" in too_long.json()["error"]["message"]
+        # Nobody else sees the job, waiting or not.
+        hidden = httpx.get(server.url + url, params={"wait": 5}, timeout=10)
+        assert (hidden.status_code, hidden.json()["error"]["code"]) == (404, "not_found")
+
+
 def test_a_query_past_its_time_limit_is_cancelled_and_the_hub_stays_responsive(
     live_factory,
 ) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from khazna.access.accounts import Principal
 from khazna.access.audit import Subject
@@ -34,8 +36,31 @@ FORMATS = {
 }
 
 
+# How long GET /jobs/{id}?wait= may hold a request, and how often it reads the job again
+# for a worker in another process (one of this process is heard at once).
+MAX_JOB_WAIT_S = 60.0
+JOB_RECHECK_S = 1.0
+
+
 @router.get("/jobs/{job_id}", tags=["jobs"])
-def get_job(job_id: int, who: Who, hub: HubDep) -> dict[str, Any]:
+async def get_job(
+    job_id: int,
+    who: Who,
+    hub: HubDep,
+    wait: Annotated[float, Query(ge=0, le=MAX_JOB_WAIT_S)] = 0,
+) -> dict[str, Any]:
+    """The job; with ``wait=S``, answered once it is done or failed, or after S seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        async with hub.jobs.watch(job_id) as watch:
+            job = await run_in_threadpool(_visible_job, hub, who, job_id)
+            left = deadline - time.monotonic()
+            if job["state"] not in ("queued", "running") or left <= 0:
+                return job
+            await watch.wait(min(left, JOB_RECHECK_S))
+
+
+def _visible_job(hub: Hub, who: Principal, job_id: int) -> dict[str, Any]:
     job = hub.jobs.get(job_id)
     dataset_id = job.pop("dataset_id")
     # A job is as visible as its dataset.

@@ -9,7 +9,10 @@ SQLite, where one writer runs at a time, a compare-and-set on the state suffices
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -41,6 +44,8 @@ class JobQueue:
         self.retry_backoff_s = retry_backoff_s
         # Set when a job is queued in this process, so an idle runner wakes at once.
         self.wake = threading.Event()
+        self._watch_lock = threading.Lock()
+        self._watches: dict[int, list[JobWatch]] = {}
 
     def enqueue(
         self,
@@ -168,6 +173,30 @@ class JobQueue:
                     updated_at=db.utcnow(),
                 )
             )
+        # Committed: whoever waits on the job (GET /api/v1/jobs/{id}?wait=) reads it now.
+        with self._watch_lock:
+            watches = list(self._watches.get(job_id, ()))
+        for watch in watches:
+            watch.fire()
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: int) -> AsyncIterator[JobWatch]:
+        """Told when this process ends the job (done, failed, or queued for another try).
+
+        Enter before reading the job's state, so that an end in between is not missed. A
+        job that another process runs is not seen here: look again now and then.
+        """
+        watch = JobWatch(asyncio.get_running_loop())
+        with self._watch_lock:
+            self._watches.setdefault(job_id, []).append(watch)
+        try:
+            yield watch
+        finally:
+            with self._watch_lock:
+                watches = self._watches.get(job_id, [])
+                watches.remove(watch)
+                if not watches:
+                    del self._watches[job_id]
 
     def requeue_running(self) -> int:
         """At the start of an embedded hub, no other process can be running its jobs."""
@@ -194,6 +223,25 @@ class JobQueue:
                     select(db.jobs.c.id).where(db.jobs.c.state.in_(("queued", "running")))
                 ).all()
             )
+
+
+class JobWatch:
+    """Wakes a coroutine of ``loop`` from the thread that ends a job."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self, timeout: float) -> bool:
+        """True if the job ended within ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        return self._event.is_set()
 
 
 def view(row: Any) -> dict[str, Any]:
