@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -504,6 +505,24 @@ def test_census_and_copy_convert_every_value_alike() -> None:
             ).fetchone()
             assert a == b == c, (type_, value)
             converted[type_, value] = a
+    # And every short text over the characters the rules look at, in one query per type.
+    alphabet = "019-.:/ eE_+Tx\t\f\v"
+    short = [""] + ["".join(t) for n in (1, 2, 3) for t in itertools.product(alphabet, repeat=n)]
+    con.execute("CREATE TABLE texts (v VARCHAR)")
+    con.executemany("INSERT INTO texts VALUES (?)", [(t,) for t in short])
+    for type_ in ingest_module.CANDIDATES:
+        census = ingest_module._convert(type_, "v", census=True)
+        copy = ingest_module._convert(type_, "v")
+        rule = by_expression.get(type_, copy)
+        differ = con.execute(
+            f"SELECT v FROM texts WHERE ({census}) IS DISTINCT FROM ({copy})"
+            f" OR ({copy}) IS DISTINCT FROM ({rule})"
+        ).fetchall()
+        assert differ == [], type_
+    kept = con.execute(
+        f"SELECT count(*) FROM texts WHERE {ingest_module._convert('DOUBLE', 'v')} IS NOT NULL"
+    ).fetchone()
+    assert kept is not None and kept[0] > 100  # the texts do reach the conversions
     con.close()
     numbers = {v: converted["BIGINT", v] for v in ("42", " 42 ", "-0", "01", "+5", "1.5", "0x10")}
     assert numbers == {"42": 42, " 42 ": 42, "-0": 0, "01": None, "+5": None, "1.5": None,

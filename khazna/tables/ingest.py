@@ -612,11 +612,18 @@ def _header_names(path: Path, dialect: _Dialect, sniffed: list[str]) -> list[str
 
 # --- type inference -----------------------------------------------------------------------
 
+# White space around a value, as DuckDB's casts skip it: tab, newline, vertical tab, form
+# feed, carriage return, space (RE2's \s leaves out the vertical tab).
+_SPACES = ("\t", "\n", "\v", "\f", "\r", " ")
+_S = r"[\t\n\v\f\r ]"
+
 # Numbers as people write them, without leading zeros: "01", "01.511" and "06.141.01.00"
 # are identifiers and stay text. No "+" either: "+212661234567" is a phone number.
-_RE_BIGINT = r"\s*-?(0|[1-9][0-9]*)\s*"
+_RE_BIGINT = rf"{_S}*-?(0|[1-9][0-9]*){_S}*"
 # An integer of more than 16 digits is an identifier too (a double would round it).
-_RE_DOUBLE = r"\s*-?((0|[1-9][0-9]{0,15})|(0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*"
+_RE_DOUBLE = (
+    rf"{_S}*-?((0|[1-9][0-9]{{0,15}})|(0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?{_S}*"
+)
 
 
 def _starts_with_any(*chars: str) -> str:
@@ -642,6 +649,9 @@ def _starts_with_any(*chars: str) -> str:
 
 _DIGIT_START = _starts_with_any(*"0123456789")
 _DATE_SHAPE = _DIGIT_START + " AND ({v} LIKE '____-%' OR {v} LIKE '____/%')"
+# What every date or timestamp has (see _DATE_SHAPE and the TIMESTAMP rule), at the cost of
+# two contains(): a fraction of a LIKE with "_".
+_SEPARATED_DIGITS = _DIGIT_START + " AND (contains({v}, '-') OR contains({v}, '/'))"
 
 
 @dataclass(frozen=True)
@@ -661,7 +671,15 @@ class _Rule:
     value: str
 
 
-_NUMBER_START = _starts_with_any(*"0123456789 -.")
+_NUMBER_START = _starts_with_any(*"0123456789-.", *_SPACES)
+
+
+def _lacks(*chars: str) -> str:
+    """SQL true when the text holds none of ``chars``: a cheap way for the census to pass
+    over values of other types (decimals, dates, times) that no number rule accepts."""
+    return " AND ".join(f"NOT contains({{v}}, {_lit(c)})" for c in chars)
+
+
 _RULES = {
     # Only words: 0/1 are counts more often than flags.
     "BOOLEAN": _Rule(
@@ -671,7 +689,7 @@ _RULES = {
     ),
     # Canonical integers are those that read back the same.
     "BIGINT": _Rule(
-        _NUMBER_START,
+        f"{_NUMBER_START} AND {_lacks('.', ':', '/')}",
         "CASE WHEN CAST(try_cast({v} AS BIGINT) AS VARCHAR) = {v}"
         f" OR regexp_full_match({{v}}, '{_RE_BIGINT}') THEN try_cast({{v}} AS BIGINT) END",
     ),
@@ -680,7 +698,7 @@ _RULES = {
     # bytes, tests a first digit in a third of the time ascii() takes; "-1" <= v < "-:" is
     # "-" then 1-9 without substr's walk over UTF-8.)
     "DOUBLE": _Rule(
-        _NUMBER_START,
+        f"{_NUMBER_START} AND {_lacks(':', '/')}",
         "CASE WHEN ({v} >= '1' AND {v} < ':' OR {v} LIKE '0.%'"
         " OR ({v} >= '-1' AND {v} < '-:'))"
         " AND strlen({v}) <= 16 AND NOT contains({v}, '_')"
@@ -688,20 +706,20 @@ _RULES = {
     ),
     # Longer text would be a timestamp, which a DATE cast silently truncates.
     "DATE": _Rule(
-        _DIGIT_START,
+        _SEPARATED_DIGITS,
         f"CASE WHEN {_DATE_SHAPE} AND length({{v}}) <= 10 THEN try_cast({{v}} AS DATE) END",
     ),
     # Anything but plain "YYYY-MM-DD HH:MM:SS" goes through TIMESTAMPTZ: unlike a TIMESTAMP
     # cast it rejects trailing junk, and it converts offsets ("Z", "+01:00") to UTC. It is
     # slower, so the plain shape takes the direct cast, which gives the same value.
     "TIMESTAMP": _Rule(
-        _DIGIT_START,
+        _SEPARATED_DIGITS,
         "CASE WHEN {v} LIKE '____-__-__ __:__:__' OR {v} LIKE '____-__-__T__:__:__'"
         " THEN try_cast({v} AS TIMESTAMP)"
         f" WHEN {_DATE_SHAPE} THEN CAST(try_cast({{v}} AS TIMESTAMPTZ) AS TIMESTAMP) END",
     ),
 }
-_BLANK = "(" + _starts_with_any(*"\t\n\r ") + r" AND regexp_full_match({v}, '\s*'))"
+_BLANK = "(" + _starts_with_any(*_SPACES) + f" AND regexp_full_match({{v}}, '{_S}*'))"
 
 
 def _sql(template: str, v: str) -> str:
