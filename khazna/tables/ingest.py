@@ -45,7 +45,7 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import python_calamine
 
-from khazna.checksums import file_sha256
+from khazna.checksums import GrowingFileHash, file_sha256
 
 TABLE_FORMATS: dict[str, str] = {
     ".csv": "csv",
@@ -185,9 +185,9 @@ def ingest(
             result = _ingest_parquet(con, source, out)
         else:
             result = _ingest_json(con, source, out, ndjson=kind == "ndjson")
-    # Hashed once written: a Python filesystem hashing as DuckDB writes costs more (each
-    # write crosses into Python with a fresh buffer) than reading the file back.
-    return dataclasses.replace(result, parquet_sha256=file_sha256(out))
+    # A CSV's Parquet is hashed as DuckDB writes it (reading the file as it grows, since a
+    # Python filesystem hashing each write costs more); the others once written.
+    return dataclasses.replace(result, parquet_sha256=result.parquet_sha256 or file_sha256(out))
 
 
 # --- DuckDB -----------------------------------------------------------------------------
@@ -416,6 +416,7 @@ def _ingest_text(
         table.problem_count,
         (encoding or _Encoding("utf-8", "utf-8")).label,
         table.dialect.delimiter,
+        table.parquet_sha256,
     )
 
 
@@ -485,6 +486,7 @@ class _Table:
     problems: list[Problem]
     problem_count: int
     dialect: _Dialect
+    parquet_sha256: str | None  # None: hash the file
 
 
 def _csv_to_parquet(con: Any, path: Path, url: str, options: IngestOptions, out: Path) -> _Table:
@@ -492,19 +494,19 @@ def _csv_to_parquet(con: Any, path: Path, url: str, options: IngestOptions, out:
     names = _header_names(path, dialect, sniffed_names)
     src = _Csv(path, url, dialect, len(names))
     plan = _plan(con, src)
-    rows, rejects = _copy_planned(con, src, names, plan, out)
+    rows, rejects, sha256 = _copy_planned(con, src, names, plan, out)
     ragged, ragged_count = _ragged_problems(con, src, rejects)
     if rows == 0 and ragged_count:
         raise NotATable(
             f"not a table: no row has the {len(names)} fields of line 1 ({ragged[0].message})"
         )
     if _settle_text(con, src, plan, rows):
-        rows, rejects = _copy_csv(con, src, names, plan.types, out, guarded=set())
+        rows, rejects, sha256 = _copy_csv(con, src, names, plan.types, out, guarded=set())
     bad = _bad_value_problems(con, src, names, plan.types, plan.failures)
     problems = sorted(ragged + bad, key=lambda p: (p.line is None, p.line or 0))
     columns = [Column(n, plan.types[i]) for i, n in enumerate(names)]
     bad_count = sum(plan.failures.values())
-    return _Table(rows, columns, problems[:MAX_PROBLEMS], ragged_count + bad_count, dialect)
+    return _Table(rows, columns, problems[:MAX_PROBLEMS], ragged_count + bad_count, dialect, sha256)
 
 
 def _duck_error(exc: duckdb.Error, path: Path) -> Exception:
@@ -836,7 +838,9 @@ def _plan(con: Any, src: _Csv) -> _Plan:
     return plan
 
 
-def _copy_planned(con: Any, src: _Csv, names: list[str], plan: _Plan, out: Path) -> tuple[int, str]:
+def _copy_planned(
+    con: Any, src: _Csv, names: list[str], plan: _Plan, out: Path
+) -> tuple[int, str, str | None]:
     """The COPY, optimistic first; if an optimistic type met a misfit, count and copy again."""
     try:
         result = _copy_csv(con, src, names, plan.types, out, guarded=plan.optimistic)
@@ -884,11 +888,12 @@ def _copy_csv(
     types: dict[int, str],
     out: Path,
     guarded: set[int],
-) -> tuple[int, str]:
-    """COPY to Parquet with the chosen types; (rows, the rejects table of that read).
+) -> tuple[int, str, str | None]:
+    """COPY to Parquet with the chosen types; (rows, the rejects table of that read, the
+    Parquet's SHA-256 or None).
 
     Guarded (optimistic) columns raise on a value their type cannot hold, instead of
-    storing null: see the module docstring.
+    storing null: see the module docstring. The Parquet is hashed as DuckDB writes it.
     """
     exprs = []
     for i, name in enumerate(names):
@@ -901,14 +906,16 @@ def _copy_csv(
     rejects = src.rejects_table()
     select = f"SELECT {', '.join(exprs)} FROM {src.read(rejects=rejects)}"
     sql = f"COPY ({select}) TO {_lit(str(out))}"
+    out.unlink(missing_ok=True)  # the hash follows this COPY's file from its first byte
     try:
-        row = _one(con, f"{sql} (FORMAT parquet)")
+        with GrowingFileHash(out) as growing:
+            row = _one(con, f"{sql} (FORMAT parquet)")
     except duckdb.Error as exc:
         if _GUARD in str(exc):
             raise
         raise _duck_error(exc, src.path) from None
     _raise_if_not_utf8(con, rejects)
-    return int(row[0]), rejects
+    return int(row[0]), rejects, growing.sha256()
 
 
 # --- problems -----------------------------------------------------------------------------
