@@ -113,5 +113,11 @@ def check_caller(request: Request, who: Annotated[Principal, Depends(get_princip
         get_hub(request).quotas.hit(quota_key(request, who))
 
 
-HubDep = Annotated[Hub, Depends(get_hub)]
+async def _request_hub(request: Request) -> Hub:
+    # async: FastAPI runs a plain def dependency in a worker thread, a hop per request
+    # for what is an attribute read.
+    return get_hub(request)
+
+
+HubDep = Annotated[Hub, Depends(_request_hub)]
 Who = Annotated[Principal, Depends(get_principal)]
