@@ -373,6 +373,27 @@ def test_a_misfit_past_the_sample_is_found_by_the_optimistic_copy(
     assert rows(result, "SELECT count(amount) FROM t") == [(4999,)]
 
 
+def test_rows_past_the_sample_that_duckdb_cannot_read_are_found_by_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sample (100 rows) reads cleanly; the COPY's rejects hold the ragged row, or the
+    # Latin-1 byte that sends the file to be transcoded.
+    monkeypatch.setattr(ingest_module, "SAMPLE_ROWS", 100)
+    lines = ["id,city"] + [f"{i},Rabat" for i in range(1, 3001)]
+    lines[2000] = "2000,Rabat,extra"
+    ragged = run(write(tmp_path / "ragged.csv", "\n".join(lines) + "\n"), tmp_path / "r")
+    assert ragged.rows == 2999
+    assert [(p.kind, p.line, p.value) for p in ragged.problems] == [
+        ("ragged_row", 2001, "2000,Rabat,extra")
+    ]
+    lines[2000] = "2000,Fès"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    result = run(latin, tmp_path / "l")
+    assert (result.encoding, result.rows, result.problem_count) == ("windows-1252", 3000, 0)
+    assert rows(result, "SELECT city FROM t WHERE id = 2000") == [("Fès",)]
+
+
 def test_a_column_that_is_text_in_the_sample_but_numbers_overall_is_numeric(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
