@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from khazna.access.accounts import ANONYMOUS, Principal
 from khazna.access.audit import AuditNote
@@ -98,8 +99,14 @@ def quota_key(request: Request, who: Principal) -> str:
     return f"address:{request.client.host if request.client else 'unknown'}"
 
 
-def check_caller(request: Request, who: Annotated[Principal, Depends(get_principal)]) -> None:
-    """What every API call and page goes through: the token's scope, then the rate limit."""
+async def check_caller(
+    request: Request, who: Annotated[Principal, Depends(get_principal)]
+) -> None:
+    """What every API call and page goes through: the token's scope, then the rate limit.
+
+    async, and the count (a database or Redis write) in a worker thread only when a rate
+    limit is set: a plain def dependency would cost every request a thread hop.
+    """
     if (
         who.read_only
         and request.method not in _READING_METHODS
@@ -109,8 +116,9 @@ def check_caller(request: Request, who: Annotated[Principal, Depends(get_princip
             f"{request.method} {request.url.path} needs a read-write token; "
             "this one has scope 'read'"
         )
-    if not request.url.path.endswith("/health"):
-        get_hub(request).quotas.hit(quota_key(request, who))
+    quotas = get_hub(request).quotas
+    if quotas.per_minute > 0 and not request.url.path.endswith("/health"):
+        await run_in_threadpool(quotas.hit, quota_key(request, who))
 
 
 async def _request_hub(request: Request) -> Hub:
