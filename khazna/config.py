@@ -57,6 +57,8 @@ class Settings:
     job_lease_s: float = 30.0
     # DuckDB memory for converting one uploaded table; what is over spills to disk.
     ingest_memory_limit: str = "512MB"
+    # DuckDB threads converting one uploaded table: by default one per CPU.
+    ingest_threads: int = 2
     # A one-shot upload of a CSV at least this large starts converting while it arrives
     # (khazna/tables/early.py); 0 turns that off.
     early_ingest_min_bytes: int = 64 << 20
@@ -129,6 +131,7 @@ class Settings:
             ),
             job_lease_s=_number_env("KHAZNA_JOB_LEASE_S", 30.0, "seconds", positive=True),
             ingest_memory_limit=_memory_env("KHAZNA_INGEST_MEMORY_LIMIT", "512MB"),
+            ingest_threads=_whole_env("KHAZNA_INGEST_THREADS", os.cpu_count() or 2, "threads"),
             early_ingest_min_bytes=int(
                 _number_env("KHAZNA_EARLY_INGEST_MIN_BYTES", 64 << 20, "bytes")
             ),

@@ -95,6 +95,7 @@ class Hub:
             self.jobs,
             settings.home / "work",
             memory_limit=settings.ingest_memory_limit,
+            threads=settings.ingest_threads,
             early_min_bytes=settings.early_ingest_min_bytes,
             audit=self.audit,
         )

@@ -4,6 +4,7 @@ exactly what converting the stored file gives, and an upload that fails leaves n
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -155,6 +156,36 @@ def test_only_large_csv_uploads_start_early(tmp_path: Path) -> None:
     assert first is not None
     assert ingests.start(upload, 5000, "b.csv", {}) is None  # its one slot is taken
     ingests.close()
+
+
+def test_ingest_threads_are_one_per_cpu_unless_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("KHAZNA_INGEST_THREADS", raising=False)
+    assert Settings.from_env(tmp_path / "a").ingest_threads == (os.cpu_count() or 2)
+    monkeypatch.setenv("KHAZNA_INGEST_THREADS", "0")
+    with pytest.raises(ValueError, match="KHAZNA_INGEST_THREADS must be more than 0 threads"):
+        Settings.from_env(tmp_path / "b")
+    monkeypatch.setenv("KHAZNA_INGEST_THREADS", "3")
+    h = Hub(Settings.from_env(tmp_path / "c"))
+    try:
+        assert h.tables.threads == 3
+    finally:
+        h.close()
+    # ...and DuckDB converts with that many.
+    seen: list[int] = []
+    src = tmp_path / "t.csv"
+    src.write_text("a,b\n1,2\n")
+    ingest(
+        src,
+        "t.csv",
+        tmp_path / "w",
+        threads=3,
+        on_connect=lambda con: seen.append(
+            con.execute("SELECT current_setting('threads')").fetchone()[0]
+        ),
+    )
+    assert seen == [3]
 
 
 @pytest.fixture
