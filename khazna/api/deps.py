@@ -99,9 +99,7 @@ def quota_key(request: Request, who: Principal) -> str:
     return f"address:{request.client.host if request.client else 'unknown'}"
 
 
-async def check_caller(
-    request: Request, who: Annotated[Principal, Depends(get_principal)]
-) -> None:
+async def check_caller(request: Request, who: Annotated[Principal, Depends(get_principal)]) -> None:
     """What every API call and page goes through: the token's scope, then the rate limit.
 
     async, and the count (a database or Redis write) in a worker thread only when a rate
