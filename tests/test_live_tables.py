@@ -36,16 +36,21 @@ def big_csv(path: Path, rows: int) -> None:
     """)
 
 
-def test_a_restart_in_the_middle_of_an_ingest_finishes_it(live_factory, tmp_path: Path) -> None:
-    server = live_factory()
+def upload_measures(c: httpx.Client, tmp_path: Path, access: str = "public") -> int:
+    """4,000,000 rows uploaded to a new dataset of ORG: the id of the job converting them."""
     data = tmp_path / "mesures.csv"
     big_csv(data, 4_000_000)
+    c.post("/api/v1/organizations", json={"name": ORG})
+    c.post("/api/v1/datasets", json={"org": ORG, "name": "mesures", "access": access})
+    with open(data, "rb") as f:
+        answer = c.put(f"/api/v1/datasets/{ORG}/mesures/files/mesures.csv", content=f)
+    return int(answer.json()["job"]["id"])
+
+
+def test_a_restart_in_the_middle_of_an_ingest_finishes_it(live_factory, tmp_path: Path) -> None:
+    server = live_factory()
     with server.client(timeout=120) as c:
-        c.post("/api/v1/organizations", json={"name": ORG})
-        c.post("/api/v1/datasets", json={"org": ORG, "name": "mesures"})
-        with open(data, "rb") as f:
-            answer = c.put(f"/api/v1/datasets/{ORG}/mesures/files/mesures.csv", content=f)
-        job_id = answer.json()["job"]["id"]
+        job_id = upload_measures(c, tmp_path)
         assert wait_for(
             lambda: c.get(f"/api/v1/jobs/{job_id}").json()["state"] == "running", step=0.01
         )
@@ -75,14 +80,8 @@ def test_a_restart_in_the_middle_of_an_ingest_finishes_it(live_factory, tmp_path
 
 def test_a_client_waits_for_a_job_in_one_request(live_factory, tmp_path: Path) -> None:
     server = live_factory()
-    data = tmp_path / "mesures.csv"
-    big_csv(data, 4_000_000)
     with server.client(timeout=120) as c:
-        c.post("/api/v1/organizations", json={"name": ORG})
-        c.post("/api/v1/datasets", json={"org": ORG, "name": "mesures", "access": "private"})
-        with open(data, "rb") as f:
-            answer = c.put(f"/api/v1/datasets/{ORG}/mesures/files/mesures.csv", content=f)
-        url = f"/api/v1/jobs/{answer.json()['job']['id']}"
+        url = f"/api/v1/jobs/{upload_measures(c, tmp_path, access='private')}"
         # Converting 4M rows takes seconds: a short wait ends with the job still at work.
         assert c.get(url, params={"wait": 0.2}).json()["state"] in ("queued", "running")
         # A long one ends when the job does.
