@@ -88,12 +88,11 @@ from common import (
     stop,
 )
 
-from khazna.client import Client
+from khazna.client import JOB_WAIT_S, Client
 from khazna.tables.query import Column, Sandbox, TableRef, parse_filters, read_rows
 
 ORG, FILE_NAME = "bench", "events.csv"
 JOB_POLL_S = 0.05  # how often the untimed waits (profiles) look
-JOB_WAIT_S = 30  # one long poll of the ingest job (GET /api/v1/jobs/{id}?wait=)
 WARMUP = 2
 TIMEOUT = httpx.Timeout(600.0)
 SEED = 20240101
@@ -389,7 +388,7 @@ def khazna_ingest(
         if not job:
             raise RuntimeError(f"PUT {url} queued no ingest job: {r.text[:500]}")
         while True:  # the hub answers when the job ends, or after JOB_WAIT_S
-            j = http.get(f"/api/v1/jobs/{job['id']}", params={"wait": JOB_WAIT_S})
+            j = http.get(f"/api/v1/jobs/{job['id']}", params={"wait": f"{JOB_WAIT_S:g}"})
             j.raise_for_status()
             state = j.json()
             if state["state"] == "done":
