@@ -561,6 +561,100 @@ def test_census_and_copy_convert_every_value_alike() -> None:
     assert converted["TIMESTAMP", "2024-01-31T10:00:00Z"] == dt.datetime(2024, 1, 31, 10)
 
 
+def _near_misses(*texts: str) -> list[str]:
+    """``texts`` and what one or two slips of the keyboard make of them: every character
+    changed to any ASCII one (and a few others), and over telling characters, every
+    insertion, deletion, two changes, or a deletion and an insertion."""
+    telling = "0129-:/ T+Z.xé\t\n\v\f\r"
+    anything = [chr(c) for c in range(1, 128)] + ["é", "\u00a0"]
+    out = set(texts)
+    for t in texts:
+        for i in range(len(t) + 1):
+            out.update(t[:i] + c + t[i:] for c in telling)
+        for i in range(len(t)):
+            out.update(t[:i] + c + t[i + 1 :] for c in anything)
+            for j in range(i + 1, len(t)):
+                for c, d in itertools.product(telling, repeat=2):
+                    out.add(t[:i] + c + t[i + 1 : j] + d + t[j + 1 :])
+            shorter = t[:i] + t[i + 1 :]
+            out.add(shorter)
+            for j in range(len(shorter) + 1):
+                out.update(shorter[:j] + c + shorter[j:] for c in telling)
+    return sorted(out)
+
+
+def test_timestamps_read_by_the_shortcut_are_what_timestamptz_reads() -> None:
+    # The TIMESTAMP rule is TIMESTAMPTZ's; its shortcut for plain texts must not read a
+    # text that TIMESTAMPTZ refuses, nor read one differently. The COPY computes the
+    # shortcut's cast once in a column of its own, the census inline: both are checked.
+    texts = _near_misses(
+        "2024-01-31 10:00:00", "2024-01-31T10:00:00", "0999-12-31 23:59:59",
+        "2024-02-29T00:00:00",
+    )  # fmt: skip
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("texts", pa.table({"v": texts}))
+    reference = ingest_module._sql(
+        f"CASE WHEN {ingest_module._DATE_SHAPE}"
+        " THEN CAST(try_cast({v} AS TIMESTAMPTZ) AS TIMESTAMP) END",
+        "v",
+    )
+    prepared = ingest_module._prepared("TIMESTAMP", "v")
+    copy = ingest_module._convert("TIMESTAMP", "v", prepared="p")
+    census = ingest_module._convert("TIMESTAMP", "v", census=True)
+    read = con.execute(
+        f"SELECT v, {copy}, {census}, {reference}"
+        f" FROM (SELECT v, {prepared} AS p FROM texts) ORDER BY v"
+    ).fetchall()
+    assert len(read) == len(texts) > 200_000
+    differ = [row for row in read if not row[1] == row[2] == row[3]]
+    assert differ == []
+    by_text = {v: ts for v, ts, _, _ in read}
+    assert sum(ts is not None for ts in by_text.values()) > 5_000  # the rule is reached
+    assert by_text["2024-01-31T10:00:00"] == dt.datetime(2024, 1, 31, 10)
+    assert by_text["0999-12-31 23:59:59"] == dt.datetime(999, 12, 31, 23, 59, 59)
+    assert by_text["2024-01-31 10:00:0 "] == dt.datetime(2024, 1, 31, 10)  # as TIMESTAMPTZ
+    # A TIMESTAMP cast reads each of these as 10:00 on 31 January; TIMESTAMPTZ refuses them.
+    for junk in ("2024-01-31 10:0 :x0", "2024-01-31T10: 0:00", "2024-01-31 10:00: Z"):
+        assert con.execute("SELECT try_cast(? AS TIMESTAMP)", [junk]).fetchone() == (
+            dt.datetime(2024, 1, 31, 10),
+        )
+        assert by_text[junk] is None
+    con.close()
+
+
+def test_junk_in_a_timestamp_column_past_the_sample_is_a_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the sample, the optimistic COPY meets text that a TIMESTAMP cast would read as
+    # 10:00; it is a bad value, in both plain forms.
+    monkeypatch.setattr(ingest_module, "SAMPLE_ROWS", 100)
+    start = dt.datetime(2024, 1, 1)
+    lines = ["id,at,iso"]
+    for i in range(1, 3001):
+        at = start + dt.timedelta(minutes=i)
+        lines.append(f"{i},{at:%Y-%m-%d %H:%M:%S},{at:%Y-%m-%dT%H:%M:%S}")
+    lines[2000] = "2000,2024-01-31 10:0 :x0,2024-01-31T10:00:00"
+    lines[2500] = "2500,2024-01-31 10:00:00,2024-01-31T10: 0:00"
+    result = run(write(tmp_path / "times.csv", "\n".join(lines) + "\n"), tmp_path / "w")
+    assert result.rows == 3000
+    assert types(result) == {"id": "BIGINT", "at": "TIMESTAMP", "iso": "TIMESTAMP"}
+    assert [(p.line, p.column, p.value) for p in result.problems] == [
+        (2001, "at", "2024-01-31 10:0 :x0"),
+        (2501, "iso", "2024-01-31T10: 0:00"),
+    ]
+    at_and_iso = 'SELECT id, "at", iso FROM t WHERE id IN (1, 2000, 2500) ORDER BY id'
+    assert rows(result, at_and_iso) == [
+        (1, dt.datetime(2024, 1, 1, 0, 1), dt.datetime(2024, 1, 1, 0, 1)),
+        (2000, None, dt.datetime(2024, 1, 31, 10)),
+        (2500, dt.datetime(2024, 1, 31, 10), None),
+    ]
+    last = 'SELECT count("at"), count(iso), max(iso) FILTER (WHERE id <> 2000) FROM t'
+    assert rows(result, last) == [
+        (2999, 2999, dt.datetime(2024, 1, 3, 2)),
+    ]
+
+
 def test_first_character_tests_agree_with_ascii() -> None:
     # The rules test a text's first character by comparing bytes; ascii() says the same.
     texts = [chr(c) + tail for c in range(1, 128) for tail in ("", "x", "9")]

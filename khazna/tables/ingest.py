@@ -665,12 +665,15 @@ class _Rule:
     ``value`` first tries a cheap test that decides the common, well-formed values and
     leaves only the rest to the expression. ``first`` is cheaper still and true of every
     value that converts: the census, which also meets text columns, checks it before
-    ``value`` so that text costs almost nothing; the COPY does without it. Same values
-    either way (tests/test_ingest.py checks).
+    ``value`` so that text costs almost nothing; the COPY does without it. ``prepared``,
+    when set, is SQL over the text that ``value`` uses more than once as ``{p}``: the COPY
+    computes it once per row in a column of its own, the census (a sample) inline. Same
+    values either way (tests/test_ingest.py checks).
     """
 
     first: str
     value: str
+    prepared: str = ""
 
 
 _NUMBER_START = _starts_with_any(*"0123456789-.", *_SPACES)
@@ -711,14 +714,19 @@ _RULES = {
         _SEPARATED_DIGITS,
         f"CASE WHEN {_DATE_SHAPE} AND length({{v}}) <= 10 THEN try_cast({{v}} AS DATE) END",
     ),
-    # Anything but plain "YYYY-MM-DD HH:MM:SS" goes through TIMESTAMPTZ: unlike a TIMESTAMP
-    # cast it rejects trailing junk, and it converts offsets ("Z", "+01:00") to UTC. It is
-    # slower, so the plain shape takes the direct cast, which gives the same value.
+    # The rule is TIMESTAMPTZ's: unlike a TIMESTAMP cast it rejects trailing junk, and it
+    # converts offsets ("Z", "+01:00") to UTC. It costs about four times a TIMESTAMP cast, so
+    # plain "YYYY-MM-DD HH:MM:SS" (or with "T") takes the TIMESTAMP cast when the text is
+    # exactly how that value is written: then TIMESTAMPTZ reads the same value. The text's
+    # shape alone (a LIKE) would not do: "_" matches any character, and the cast reads
+    # "2024-01-31 10:0 :x0" or "2024-01-31 10:00:0<TAB>" as 10:00.
     "TIMESTAMP": _Rule(
         _SEPARATED_DIGITS,
-        "CASE WHEN {v} LIKE '____-__-__ __:__:__' OR {v} LIKE '____-__-__T__:__:__'"
-        " THEN try_cast({v} AS TIMESTAMP)"
+        "CASE WHEN strlen({v}) = 19 AND CAST({p} AS VARCHAR) = {v} THEN {p}"
+        " WHEN strlen({v}) = 19 AND starts_with({v}, CAST(CAST({p} AS DATE) AS VARCHAR))"
+        " AND suffix({v}, CAST(CAST({p} AS TIME) AS VARCHAR)) THEN {p}"
         f" WHEN {_DATE_SHAPE} THEN CAST(try_cast({{v}} AS TIMESTAMPTZ) AS TIMESTAMP) END",
+        prepared="try_cast({v} AS TIMESTAMP)",
     ),
 }
 _BLANK = "(" + _starts_with_any(*_SPACES) + f" AND regexp_full_match({{v}}, '{_S}*'))"
@@ -733,13 +741,26 @@ def _blank(v: str) -> str:
     return _sql(_BLANK, v)
 
 
-def _convert(type_: str, v: str, *, census: bool = False) -> str:
-    """SQL for column ``v`` as ``type_``: NULL where the text is not one."""
+def _convert(type_: str, v: str, *, census: bool = False, prepared: str | None = None) -> str:
+    """SQL for column ``v`` as ``type_``: NULL where the text is not one.
+
+    ``prepared`` names a column that holds the rule's ``prepared`` SQL over ``v`` (see
+    _prepared); without it, that SQL is written inline.
+    """
     if type_ == VARCHAR:
         return v
     rule = _RULES[type_]
     value = f"CASE WHEN {rule.first} THEN {rule.value} END" if census else rule.value
+    if rule.prepared:
+        value = value.replace("{p}", prepared or f"({rule.prepared})")
     return _sql(value, v)
+
+
+def _prepared(type_: str, v: str) -> str | None:
+    """SQL over column ``v`` that ``_convert(type_, v, prepared=...)`` expects in a column of
+    its own, or None when the type's rule needs none."""
+    rule = _RULES.get(type_)
+    return _sql(rule.prepared, v) if rule and rule.prepared else None
 
 
 @dataclass(frozen=True)
@@ -895,16 +916,23 @@ def _copy_csv(
     Guarded (optimistic) columns raise on a value their type cannot hold, instead of
     storing null: see the module docstring. The Parquet is hashed as DuckDB writes it.
     """
-    exprs = []
+    exprs, prepared = [], []
     for i, name in enumerate(names):
-        v, value = f"c{i}", _convert(types[i], f"c{i}")
+        v, p = f"c{i}", f"p{i}"
+        prep = _prepared(types[i], v)
+        if prep:
+            prepared.append(f"{prep} AS {p}")
+        value = _convert(types[i], v, prepared=p if prep else None)
         if i in guarded:
             # The error's text depends on the row, so DuckDB cannot fold it into a constant.
             alarm = f"error('{_GUARD} ' || {v})"
             value = f"coalesce({value}, CASE WHEN NOT {_blank(v)} THEN {alarm} END)"
         exprs.append(f"{value} AS {_ident(name)}")
     rejects = src.rejects_table()
-    select = f"SELECT {', '.join(exprs)} FROM {src.read(rejects=rejects)}"
+    source = src.read(rejects=rejects)
+    if prepared:  # computed once per row, however often the conversion uses it
+        source = f"(SELECT *, {', '.join(prepared)} FROM {source})"
+    select = f"SELECT {', '.join(exprs)} FROM {source}"
     sql = f"COPY ({select}) TO {_lit(str(out))}"
     out.unlink(missing_ok=True)  # the hash follows this COPY's file from its first byte
     try:
