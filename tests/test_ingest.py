@@ -485,6 +485,26 @@ def test_booleans_dates_timestamps_and_doubles_are_recognised(tmp_path: Path) ->
     ]
 
 
+def test_parquet_keeps_dictionaries_for_repeated_values_only(tmp_path: Path) -> None:
+    # Twelve regions make a dictionary; 20,000 distinct ids and 7,000 distinct prices,
+    # past PARQUET_OPTIONS' limit, are written plain.
+    regions = [f"region-{k}" for k in range(12)]
+    lines = ["id,region,price"]
+    lines += [f"{i},{regions[i % 12]},{i % 7000}.25" for i in range(20_000)]
+    result = run(write(tmp_path / "prices.csv", "\n".join(lines) + "\n"), tmp_path / "w")
+    assert types(result) == {"id": "BIGINT", "region": "VARCHAR", "price": "DOUBLE"}
+    con = duckdb.connect()
+    encodings = con.execute(
+        "SELECT path_in_schema, encodings FROM parquet_metadata(?) ORDER BY column_id",
+        [str(result.parquet)],
+    ).fetchall()
+    con.close()
+    assert encodings == [("id", "PLAIN"), ("region", "PLAIN_DICTIONARY"), ("price", "PLAIN")]
+    assert rows(result, "SELECT count(DISTINCT region), sum(price) FROM t") == [
+        (12, sum(i % 7000 + 0.25 for i in range(20_000)))
+    ]
+
+
 def test_integers_and_decimals_together_make_a_double_column(tmp_path: Path) -> None:
     lines = ["x"] + [str(i) for i in range(300)] + ["2.5"]
     result = run(write(tmp_path / "x.csv", "\n".join(lines) + "\n"), tmp_path / "w")
