@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,28 @@ def test_cleanup_removes_what_a_dead_writer_left_but_not_a_live_upload(
     assert len(list(store.tmp_dir.iterdir())) == 1
     blob = live.commit()
     assert store.rehash(blob.sha256) == hashlib.sha256(b"still arriving").hexdigest()
+
+
+def test_a_placed_file_reaches_the_disk_before_it_gets_its_name(
+    store: LocalBlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A derived file (a table's Parquet, a COG) is written by a tool that does not flush it.
+    # place() flushes it, then renames it, then flushes the folder: a crash leaves either no
+    # name or a name with its content.
+    made = tmp_path / "table.parquet"
+    made.write_bytes(b"PAR1 derived PAR1")
+    digest = hashlib.sha256(made.read_bytes()).hexdigest()
+    target = store.root / digest[:2] / digest[2:4] / digest
+    flushed: list[tuple[int, bool]] = []  # (inode, whether the name existed yet)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)  # the real flush; the test only watches the order
+        flushed.append((os.fstat(fd).st_ino, target.exists()))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    inode = made.stat().st_ino
+    blob = store.place(made, digest, made.stat().st_size)
+    assert (blob.sha256, blob.size, blob.created) == (digest, 17, True)
+    assert target.read_bytes() == b"PAR1 derived PAR1" and not made.exists()
+    assert flushed == [(inode, False), (target.parent.stat().st_ino, True)]

@@ -96,7 +96,8 @@ class BlobStore(Protocol):
     def iter_hashes(self) -> Iterator[str]: ...
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's) content to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -208,14 +209,20 @@ class LocalBlobStore:
         return LocalFileWriter(self, max_bytes, hashed)
 
     def place(self, tmp_path: Path, sha256: str, size: int) -> StoredBlob:
-        """Move a complete, fsynced file into place under its hash."""
+        """Move a complete file into place under its hash.
+
+        The file is flushed to disk first (a no-op for an upload, which its writer flushed):
+        files that tools wrote, such as a table's Parquet, are not, and a crash must not
+        leave a name whose content never reached the disk.
+        """
         target = self.path_of(sha256)
         if target.exists():
             tmp_path.unlink(missing_ok=True)
             return StoredBlob(sha256, size, created=False)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _fsync(tmp_path)
         os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
+        _fsync(target.parent)
         return StoredBlob(sha256, size, created=True)
 
     def clear_stale_temporaries(self) -> int:
@@ -240,7 +247,7 @@ class LocalBlobStore:
             os.link(path, target)
         except FileExistsError:
             return StoredBlob(sha256, size, created=False)
-        _fsync_dir(target.parent)
+        _fsync(target.parent)
         return StoredBlob(sha256, size, created=True)
 
     def exists(self, sha256: str) -> bool:
