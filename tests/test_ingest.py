@@ -407,6 +407,46 @@ def test_a_column_that_is_text_in_the_sample_but_numbers_overall_is_numeric(
     assert rows(result, "SELECT sum(score) FROM t") == [(sum(range(31, 5001)),)]
 
 
+def test_columns_past_the_sample_are_settled_by_a_longer_prefix_or_the_whole_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 20,000 rows; a sample of 100, a prefix of 1,000.
+    # - "late" and "brief" are text in the sample, which cannot rule numbers out for so many
+    #   rows (100 failures are 0.5 %). "late" is text for 1,000 rows: the prefix shows 5 %
+    #   failures, so text it stays with no census of the whole file. "brief" is text for
+    #   150 rows (0.75 %): only the whole file tells, and it is BIGINT with 150 problems.
+    # - "sparse" is empty in the sample: the prefix, not the whole file, shows its numbers
+    #   before the COPY, which then checks the rest.
+    monkeypatch.setattr(ingest_module, "SAMPLE_ROWS", 100)
+    monkeypatch.setattr(ingest_module, "TEXT_SAMPLE_ROWS", 1000)
+    censuses: list[tuple[bool, list[int]]] = []  # (over a prefix, columns)
+    census = ingest_module._census
+
+    def watched(con: Any, source_sql: str, cols: Any) -> Any:
+        censuses.append(("LIMIT" in source_sql, list(cols)))
+        return census(con, source_sql, cols)
+
+    monkeypatch.setattr(ingest_module, "_census", watched)
+    lines = ["id,late,brief,sparse"]
+    for i in range(1, 20_001):
+        late, brief = "n/a" if i <= 1000 else i, "pending" if i <= 150 else i * 2
+        lines.append(f"{i},{late},{brief},{'' if i <= 150 else i * 3}")
+    result = run(write(tmp_path / "late.csv", "\n".join(lines) + "\n"), tmp_path / "w")
+    assert types(result) == {"id": "BIGINT", "late": "VARCHAR", "brief": "BIGINT",
+                             "sparse": "BIGINT"}  # fmt: skip
+    assert censuses == [(True, [0, 1, 2, 3]), (True, [3]), (True, [1, 2]), (False, [2])]
+    assert result.problem_count == 150
+    assert [p.line for p in result.problems] == list(range(2, 152))
+    assert rows(result, "SELECT late, brief FROM t WHERE id IN (1000, 1001) ORDER BY id") == [
+        ("n/a", 2000),
+        ("1001", 2002),
+    ]
+    assert rows(result, "SELECT count(brief), sum(brief), count(sparse), sum(sparse) FROM t") == [
+        (19_850, sum(i * 2 for i in range(151, 20_001)), 19_850,
+         sum(i * 3 for i in range(151, 20_001))),
+    ]  # fmt: skip
+
+
 def test_identifiers_with_leading_zeros_stay_text(tmp_path: Path) -> None:
     lines = ["code,dotted,digits,amount"]
     lines += [f"{i:02d},{i:02d}.{i:03d},{i:05d},{i}" for i in range(1, 500)]
