@@ -487,6 +487,10 @@ class _Csv:
             options.append("ignore_errors=true")
         return f"read_csv({', '.join(options)})"
 
+    def first(self, rows: int, *, rejects: str | None = None) -> str:
+        """SQL that reads the first ``rows`` rows (see ``read``)."""
+        return f"(SELECT * FROM {self.read(rejects=rejects)} LIMIT {rows})"
+
     def rejects_table(self) -> str:
         # Unique per process: a retry after transcoding must not find the old rejects.
         return f"khazna_rejects_{next(_READS)}"
@@ -847,7 +851,7 @@ class _Plan:
 
 def _plan(con: Any, src: _Csv) -> _Plan:
     rejects = src.rejects_table()
-    sample_sql = f"(SELECT * FROM {src.read(rejects=rejects)} LIMIT {SAMPLE_ROWS})"
+    sample_sql = src.first(SAMPLE_ROWS, rejects=rejects)
     try:
         sampled, sample = _census(con, sample_sql, range(src.width))
     except duckdb.Error as exc:
@@ -859,7 +863,7 @@ def _plan(con: Any, src: _Csv) -> _Plan:
         return plan
     empty = [i for i, counts in sample.items() if not counts.nonempty]
     if empty:  # nothing to go by yet: a longer look before counting the whole file
-        seen, more = _census(con, f"(SELECT * FROM {src.read()} LIMIT {TEXT_SAMPLE_ROWS})", empty)
+        seen, more = _census(con, src.first(TEXT_SAMPLE_ROWS), empty)
         if seen < TEXT_SAMPLE_ROWS:  # the whole file: exact for these columns
             plan.settle(more)
             more = {}
@@ -913,8 +917,7 @@ def _settle_text(con: Any, src: _Csv, plan: _Plan, rows: int) -> bool:
     rule_out(dict(plan.unsettled_text))
     before = dict(plan.types)
     if plan.unsettled_text:
-        prefix = f"(SELECT * FROM {src.read()} LIMIT {TEXT_SAMPLE_ROWS})"
-        seen, counts = _census(con, prefix, sorted(plan.unsettled_text))
+        seen, counts = _census(con, src.first(TEXT_SAMPLE_ROWS), sorted(plan.unsettled_text))
         if seen < TEXT_SAMPLE_ROWS:  # the prefix is the whole file: its census is exact
             plan.settle(counts)
         else:
