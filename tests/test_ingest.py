@@ -525,6 +525,22 @@ def test_booleans_dates_timestamps_and_doubles_are_recognised(tmp_path: Path) ->
     ]
 
 
+def test_a_wide_csv_types_each_of_its_120_columns(tmp_path: Path) -> None:
+    # Wide files (statistics offices publish tables of hundreds of columns) make the census
+    # and the COPY long SQL; every column still gets its own type and values.
+    header = [f"{kind}{k}" for k in range(40) for kind in ("n", "x", "s")]
+    lines = [",".join(header)]
+    for r in range(3000):
+        lines.append(",".join(f"{r * k},{r + k / 4},w{(r + k) % 7}" for k in range(40)))
+    result = run(write(tmp_path / "wide.csv", "\n".join(lines) + "\n"), tmp_path / "w")
+    assert (result.rows, result.problem_count) == (3000, 0)
+    expected = {"n": "BIGINT", "x": "DOUBLE", "s": "VARCHAR"}
+    assert types(result) == {name: expected[name[0]] for name in header}
+    assert rows(result, "SELECT sum(n39), sum(x39), count(DISTINCT s39), max(s0) FROM t") == [
+        (39 * sum(range(3000)), sum(r + 39 / 4 for r in range(3000)), 7, "w6")
+    ]
+
+
 def test_parquet_keeps_dictionaries_for_repeated_values_only(tmp_path: Path) -> None:
     # Twelve regions make a dictionary; 20,000 distinct ids and 7,000 distinct prices,
     # past PARQUET_OPTIONS' limit, are written plain.
