@@ -867,11 +867,8 @@ def _plan(con: Any, src: _Csv) -> _Plan:
         return plan
     empty = [i for i, counts in sample.items() if not counts.nonempty]
     if empty:  # nothing to go by yet: a longer look before counting the whole file
-        seen, more = _census(con, src.first(TEXT_SAMPLE_ROWS), empty)
-        if seen < TEXT_SAMPLE_ROWS:  # the whole file: exact for these columns
-            plan.settle(more)
-            more = {}
-        sample = {i: c for i, c in sample.items() if i not in plan.failures} | more
+        more = _look_further(con, src, plan, empty)
+        sample = {i: c for i, c in sample.items() if i not in empty} | more
     unsure = {}
     for i, counts in sample.items():
         type_, failures = counts.choice()
@@ -885,6 +882,16 @@ def _plan(con: Any, src: _Csv) -> _Plan:
     if unsure:
         plan.settle(_census(con, src.read(), sorted(unsure))[1])
     return plan
+
+
+def _look_further(con: Any, src: _Csv, plan: _Plan, cols: list[int]) -> dict[int, _Counts]:
+    """Counts of ``cols`` over the first TEXT_SAMPLE_ROWS rows. When those are the whole
+    file the counts are exact: they settle the columns, and nothing is returned."""
+    seen, counts = _census(con, src.first(TEXT_SAMPLE_ROWS), cols)
+    if seen < TEXT_SAMPLE_ROWS:
+        plan.settle(counts)
+        return {}
+    return counts
 
 
 def _copy_planned(
@@ -921,11 +928,7 @@ def _settle_text(con: Any, src: _Csv, plan: _Plan, rows: int) -> bool:
     rule_out(dict(plan.unsettled_text))
     before = dict(plan.types)
     if plan.unsettled_text:
-        seen, counts = _census(con, src.first(TEXT_SAMPLE_ROWS), sorted(plan.unsettled_text))
-        if seen < TEXT_SAMPLE_ROWS:  # the prefix is the whole file: its census is exact
-            plan.settle(counts)
-        else:
-            rule_out(counts)
+        rule_out(_look_further(con, src, plan, sorted(plan.unsettled_text)))
     if plan.unsettled_text:
         plan.settle(_census(con, src.read(), sorted(plan.unsettled_text))[1])
     return plan.types != before
