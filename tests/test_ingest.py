@@ -422,9 +422,10 @@ def test_columns_past_the_sample_are_settled_by_a_longer_prefix_or_the_whole_fil
     censuses: list[tuple[bool, list[int]]] = []  # (over a prefix, columns)
     census = ingest_module._census
 
-    def watched(con: Any, source_sql: str, cols: Any) -> Any:
-        censuses.append(("LIMIT" in source_sql, list(cols)))
-        return census(con, source_sql, cols)
+    def watched(con: Any, source_sql: str, cols: Any, *, prefix: bool = False) -> Any:
+        assert prefix == ("LIMIT" in source_sql)
+        censuses.append((prefix, list(cols)))
+        return census(con, source_sql, cols, prefix=prefix)
 
     monkeypatch.setattr(ingest_module, "_census", watched)
     lines = ["id,late,brief,sparse"]
@@ -635,6 +636,42 @@ def test_census_and_copy_convert_every_value_alike() -> None:
     assert converted["DATE", "2024-01-31 10:00:00"] is None  # not truncated to a date
     assert converted["TIMESTAMP", "2024-01-31 10:00 ab"] is None
     assert converted["TIMESTAMP", "2024-01-31T10:00:00Z"] == dt.datetime(2024, 1, 31, 10)
+
+
+def test_a_prefix_census_of_unnested_values_counts_what_the_census_by_column_counts() -> None:
+    values = [
+        "0", "-0", "01", "42", " 42 ", "+5", "1.5", ".5", "1e5", "12_34", "nan", "true",
+        "False", "TRUE ", "2024-01-31", "2024/01/31", "2024-02-30", "2024-01-31 10:00:00",
+        "2024-01-31T10:00:00Z", "2024-01-31 10:00 ab", "Rabat", "", " ", "\t", None, "-",
+    ]  # fmt: skip
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("CREATE TABLE t (c0 VARCHAR, c1 VARCHAR, c2 VARCHAR, c3 VARCHAR, c4 VARCHAR)")
+    n = len(values)
+    con.executemany(
+        "INSERT INTO t VALUES (?, ?, ?, ?, ?)",
+        [
+            (v, values[n - 1 - k], v if k % 2 else None, None, str(k) if k % 5 else "x")
+            for k, v in enumerate(values)
+        ],
+    )
+    cols = [0, 1, 2, 3, 4]
+    by_column = ingest_module._census(con, "t", cols)
+    unnested = ingest_module._census(con, "(SELECT * FROM t LIMIT 1000)", cols, prefix=True)
+    assert unnested == by_column
+    rows, counts = unnested
+    assert rows == n
+    # Of 26, None and the two of white space are no values (a CSV's empty field is None).
+    assert counts[0].nonempty == counts[1].nonempty == 23
+    # "0", "-0", "42", " 42 "; those and "1.5", ".5", "1e5"; two dates, and as timestamps
+    # with "2024-01-31 10:00:00" and "...T10:00:00Z".
+    assert counts[0].ok == {"BOOLEAN": 2, "BIGINT": 4, "DOUBLE": 7, "DATE": 2, "TIMESTAMP": 4}
+    assert counts[3] == ingest_module._Counts(0, dict.fromkeys(ingest_module.CANDIDATES, 0))
+    assert counts[4].nonempty == n and counts[4].ok["BIGINT"] == n - 6
+    none = ingest_module._census(con, "(SELECT * FROM t LIMIT 0)", cols, prefix=True)
+    assert none == ingest_module._census(con, "(SELECT * FROM t LIMIT 0)", cols)
+    assert none[0] == 0 and none[1][2].nonempty == 0
+    con.close()
 
 
 def _near_misses(*texts: str) -> list[str]:
