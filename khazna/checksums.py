@@ -26,11 +26,16 @@ class GrowingFileHash:
     around the writing; ``sha256()`` afterwards gives the hash, or None when the file is not
     exactly what was read: it did not appear, was replaced or changed since. The caller
     then hashes the file itself.
+
+    With ``flush_every`` (bytes), the thread also flushes the file to disk each time it has
+    read that much more, so that the fsync the finished file gets (before it is stored) has
+    little left to write: the disk works while the writer does, not after.
     """
 
-    def __init__(self, path: Path, poll_s: float = 0.02) -> None:
+    def __init__(self, path: Path, poll_s: float = 0.02, flush_every: int = 0) -> None:
         self.path = path
         self._poll_s = poll_s
+        self._flush_every = flush_every
         self._written = threading.Event()  # the writer is done
         self._hash = hashlib.sha256()
         self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime) once read
@@ -62,7 +67,7 @@ class GrowingFileHash:
             with f:
                 buffer = bytearray(READ_CHUNK)
                 view = memoryview(buffer)
-                read = 0
+                read = flushed = 0
                 while True:
                     # Read after seeing "done": what was written before is then all there.
                     done = self._written.is_set()
@@ -70,6 +75,9 @@ class GrowingFileHash:
                     if n:
                         self._hash.update(view[:n])
                         read += n
+                        if self._flush_every and read - flushed >= self._flush_every:
+                            os.fdatasync(f.fileno())
+                            flushed = read
                     elif done:
                         break
                     else:

@@ -8,7 +8,9 @@ import threading
 import time
 from pathlib import Path
 
-from khazna.checksums import GrowingFileHash, file_sha256
+import pytest
+
+from khazna.checksums import READ_CHUNK, GrowingFileHash, file_sha256
 
 
 def write_slowly(path: Path, parts: list[bytes], pause_s: float = 0.01) -> None:
@@ -52,3 +54,27 @@ def test_a_file_that_never_appears_gets_no_hash(tmp_path: Path) -> None:
     with GrowingFileHash(tmp_path / "missing") as growing:
         pass
     assert growing.sha256() is None
+
+
+def test_the_file_is_flushed_to_disk_in_steps_as_it_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "table.parquet"
+    content = os.urandom(READ_CHUNK * 8 + 1000)
+    path.write_bytes(content)  # all there: the reads are READ_CHUNK each, then the rest
+    flushed_at: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        flushed_at.append(os.lseek(fd, 0, os.SEEK_CUR))  # how far the hash has read
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with GrowingFileHash(path, flush_every=3 * READ_CHUNK) as growing:
+        pass
+    assert growing.sha256() == hashlib.sha256(content).hexdigest()
+    assert flushed_at == [3 * READ_CHUNK, 6 * READ_CHUNK]
+    flushed_at.clear()
+    with GrowingFileHash(path) as unflushed:  # by default it only hashes
+        pass
+    assert unflushed.sha256() == growing.sha256() and flushed_at == []
