@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -105,6 +106,60 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+# An upload is flushed to disk in steps of this size while it arrives (see _StepFlush).
+FLUSH_STEP = 32 << 20
+
+
+class _StepFlush:
+    """Flushes a file that is being written to disk, in a thread of its own, each time
+    ``step`` more bytes were written: the fsync that completes the file then finds little
+    left to write. For a 465 MB upload here, it took 0.8-0.9 s after the last byte.
+
+    The thread works on a duplicate of the file descriptor, closed by the thread itself, so
+    the writer may close its file at any time; ``stop`` waits for a flush under way.
+    """
+
+    def __init__(self, fd: int, step: int | None = None) -> None:
+        self._fd = fd
+        self._step = FLUSH_STEP if step is None else step
+        self._asked = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def wrote(self, size: int) -> None:
+        """``size`` bytes of the file are written (all of them so far)."""
+        if size - self._asked < self._step or self._stopping:
+            return
+        self._asked = size
+        if self._thread is None:
+            fd = os.dup(self._fd)
+            self._thread = threading.Thread(
+                target=self._run, args=(fd,), name="khazna-flush", daemon=True
+            )
+            self._thread.start()
+        self._wake.set()
+
+    def stop(self, wait: bool = True) -> None:
+        self._stopping = True
+        self._wake.set()
+        if wait and self._thread is not None:
+            self._thread.join()
+
+    def _run(self, fd: int) -> None:
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    return
+                os.fdatasync(fd)
+        except OSError:
+            return  # the final fsync reports what went wrong
+        finally:
+            os.close(fd)
+
+
 class LocalFileWriter:
     """Streams into ``tmp_dir`` and renames into the blob tree on commit."""
 
@@ -124,6 +179,7 @@ class LocalFileWriter:
         self._done = False
         # Told of each chunk once it is in the file (for readers of the file as it grows).
         self.on_write: Callable[[int], None] | None = None
+        self._flush = _StepFlush(self._file.fileno())
 
     @property
     def temp_path(self) -> Path:
@@ -142,6 +198,7 @@ class LocalFileWriter:
         if self._hash is not None:
             self._hash.update(chunk)
         self.size += len(chunk)
+        self._flush.wrote(self.size)
         if self.on_write is not None:
             try:
                 self._file.flush()
@@ -165,6 +222,7 @@ class LocalFileWriter:
         check_sha256(name)
         try:
             self._file.flush()
+            self._flush.stop()
             os.fsync(self._file.fileno())
             self._file.close()
             stored = self._store.place(self._path, name, self.size)
@@ -178,6 +236,7 @@ class LocalFileWriter:
         if self._done:
             return
         self._done = True
+        self._flush.stop(wait=False)  # its own descriptor: the file may close meanwhile
         with contextlib.suppress(OSError):
             self._file.close()
         self._path.unlink(missing_ok=True)
