@@ -7,12 +7,26 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi.telemetry import TelemetryConfig
 
 from khazna import __version__
 from khazna.api import access, audit, errors, indices, routes, stac, tables
 from khazna.config import Settings
 from khazna.hub import Hub
 from khazna.web import pages
+
+# FastAPI traces requests, counts them and logs exceptions (with their messages) to any
+# OpenTelemetry provider the process has, and FASTAPI_OTEL_AUTO_CONFIGURE=true adds
+# exporters from OTEL_* variables: request paths, dataset names and error messages would
+# leave the hub for wherever those point. A sovereign hub sends nothing anywhere unless
+# its own settings say so; it has no telemetry setting yet, so it sends none. (It also
+# spares each request a look at the global providers.)
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "auto_configure": False,
+}
 
 
 def create_app(hub: Hub | None = None) -> FastAPI:
@@ -33,6 +47,7 @@ def create_app(hub: Hub | None = None) -> FastAPI:
         summary="A sovereign data hub: publish, find, query and download datasets.",
         docs_url="/docs",
         openapi_url="/api/v1/openapi.json",
+        telemetry=NO_TELEMETRY,
     )
     app.state.hub = the_hub
     errors.install(app, pages.error_page, pages.is_page)
