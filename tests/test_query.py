@@ -11,7 +11,9 @@ import base64
 import csv
 import io
 import json
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from khazna.errors import BadRequest, KhaznaError
+from khazna.tables import query as query_module
 from khazna.tables.query import (
     Column,
     Sandbox,
@@ -610,6 +613,44 @@ def test_the_time_limit_also_holds_while_the_caller_streams():
     with pytest.raises(BadRequest, match="query exceeded the 1 s time limit"):
         for _ in chunks:
             pass
+
+
+def test_one_watchdog_thread_keeps_every_deadline_in_order() -> None:
+    def watchdogs() -> int:
+        return [t.name for t in threading.enumerate()].count("khazna-sql-watchdog")
+
+    before = watchdogs()
+    watchdog = query_module._Watchdog()
+    called: list[str] = []
+    done = threading.Event()
+
+    def note(name: str) -> Callable[[], None]:
+        def call() -> None:
+            called.append(name)
+            if name == "last":
+                done.set()
+
+        return call
+
+    def fail() -> None:
+        raise RuntimeError("a callback that fails")
+
+    watchdog.call_later(0.30, note("last"))
+    watchdog.call_later(0.10, note("second"))
+    cancelled = watchdog.call_later(0.05, note("cancelled"))
+    watchdog.call_later(0.02, fail)  # the thread goes on after it
+    watchdog.call_later(0.01, note("first"))  # added last, earliest: wakes the thread
+    watchdog.cancel(cancelled)
+    assert done.wait(5)
+    assert called == ["first", "second", "last"]
+    assert watchdog.pending() == 0
+    assert watchdogs() == before + 1  # five deadlines, one thread
+
+
+def test_a_finished_query_leaves_no_deadline_behind(regions: TableRef) -> None:
+    before = query_module._WATCHDOG.pending()
+    assert run_json({"regions": regions}, "SELECT count(*) FROM regions")["rows"] == [[5]]
+    assert query_module._WATCHDOG.pending() == before
 
 
 def test_the_memory_limit_is_a_clear_400():
