@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import psutil  # type: ignore[import-untyped]
 
+from khazna.client import JOB_WAIT_S
+
 MIB = 1024 * 1024
 CHUNK = MIB
 RSS_SAMPLE_S = 0.02
@@ -132,6 +134,21 @@ class Server:
     log: Path
     token: str = ""
     home: Path | None = None
+
+
+def job_end(http: httpx.Client, job_id: int, limit_s: float = 3600) -> dict[str, Any]:
+    """The job once done or failed. The hub answers ``GET /api/v1/jobs/{id}?wait=S`` when the
+    job ends (or after S seconds, and then it is asked again): waiting costs it nothing,
+    where polling cost it about 5 ms of CPU per look, beside the work being measured."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        r = http.get(f"/api/v1/jobs/{job_id}", params={"wait": f"{JOB_WAIT_S:g}"})
+        r.raise_for_status()
+        state: dict[str, Any] = r.json()
+        if state["state"] in ("done", "failed"):
+            return state
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} did not end within {limit_s:g} s: {state}")
 
 
 def wait_healthy(server: Server, health_path: str, limit_s: float = 60) -> None:

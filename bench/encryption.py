@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import job_end
 
 MIB = 1024 * 1024
 ORG = "bench"
@@ -162,13 +163,7 @@ def measure(hubs: dict[str, Hub], size_mib: int, csv_path: Path, rows: int) -> d
         with open(csv_path, "rb") as f:
             r = hub.http.put(f"/api/v1/datasets/{ORG}/tables/files/big.csv", content=f)
         assert r.status_code == 200, r.text
-        job = r.json()["job"]["id"]
-        while (state := hub.http.get(f"/api/v1/jobs/{job}").json()["state"]) not in (
-            "done",
-            "failed",
-        ):
-            time.sleep(0.05)
-        assert state == "done"
+        assert job_end(hub.http, r.json()["job"]["id"])["state"] == "done"
 
     for mode, hub in hubs.items():
         note(mode, "ingest_s", timed(lambda hub=hub: ingest(hub))[0])

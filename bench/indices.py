@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import numpy as np
 import rasterio
-from common import RssSampler, machine, start_khazna, stop
+from common import RssSampler, job_end, machine, start_khazna, stop
 from rasterio.io import MemoryFile
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
@@ -49,7 +49,6 @@ RED = RASTER / "S2A_29RKH_20200219_L2A_B04_red_100m_cog.tif"
 NIR = RASTER / "S2A_29RKH_20200219_L2A_B08_nir_100m_cog.tif"
 SIDECAR = RASTER / f"{SCENE}.stac.json"
 NIR_SCALES = (0.9, 1.0, 1.1)
-POLL_S = 0.02
 
 
 def tiled(source: Path, tiles: int, target: Path, scale: float = 1.0) -> None:
@@ -145,8 +144,7 @@ def khazna_job(
         r = http.post("/api/v1/indices", json=body)
         r.raise_for_status()
         job = r.json()["job"]["id"]
-        while (state := http.get(f"/api/v1/jobs/{job}").json())["state"] not in ("done", "failed"):
-            time.sleep(POLL_S)
+        state = job_end(http, job)
         elapsed = time.perf_counter() - t0
     if state["state"] != "done":
         raise RuntimeError(f"job {job} failed: {state['error']}")
@@ -156,11 +154,7 @@ def khazna_job(
 def wait_jobs(http: httpx.Client, answers: list[dict[str, Any]]) -> None:
     for a in answers:
         if a.get("job"):
-            while http.get(f"/api/v1/jobs/{a['job']['id']}").json()["state"] not in (
-                "done",
-                "failed",
-            ):
-                time.sleep(POLL_S)
+            job_end(http, a["job"]["id"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,11 +90,7 @@ def prepare(url: str, token: str) -> str:
         assert r.status_code == 200, r.text
         r = h.put(f"/api/v1/datasets/{ORG}/table/files/ventes.csv", content=table_csv())
         assert r.status_code == 200, r.text
-        job = r.json()["job"]["id"]
-        deadline = time.monotonic() + 300
-        while h.get(f"/api/v1/jobs/{job}").json()["state"] != "done":
-            assert time.monotonic() < deadline, "the ingest did not finish"
-            time.sleep(0.2)
+        assert common.job_end(h, r.json()["job"]["id"], limit_s=300)["state"] == "done"
         files = h.get(f"/api/v1/datasets/{ORG}/table").json()["files"]
         return str(files[0]["table"]["sql_name"])
 

@@ -82,13 +82,14 @@ from common import (
     Server,
     clean_env,
     file_chunks,
+    job_end,
     machine,
     start,
     start_khazna,
     stop,
 )
 
-from khazna.client import JOB_WAIT_S, Client
+from khazna.client import Client
 from khazna.tables.query import Column, Sandbox, TableRef, parse_filters, read_rows
 
 ORG, FILE_NAME = "bench", "events.csv"
@@ -387,14 +388,9 @@ def khazna_ingest(
         job = r.json().get("job")
         if not job:
             raise RuntimeError(f"PUT {url} queued no ingest job: {r.text[:500]}")
-        while True:  # the hub answers when the job ends, or after JOB_WAIT_S
-            j = http.get(f"/api/v1/jobs/{job['id']}", params={"wait": f"{JOB_WAIT_S:g}"})
-            j.raise_for_status()
-            state = j.json()
-            if state["state"] == "done":
-                break
-            if state["state"] == "failed":
-                raise RuntimeError(f"ingest job failed: {state}")
+        state = job_end(http, int(job["id"]))
+        if state["state"] == "failed":
+            raise RuntimeError(f"ingest job failed: {state}")
         total_s = time.perf_counter() - t0
         # Before the profile job that follows adds its own.
         server_cpu, client_cpu = cpu_of(server_proc) - server_cpu, own_cpu() - client_cpu
