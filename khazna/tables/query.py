@@ -528,7 +528,8 @@ class _Watchdog:
                     target=self._run, name="khazna-sql-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:  # the thread waits for a later deadline, or none
+                self._cond.notify()
         return entry
 
     def cancel(self, entry: list[Any]) -> None:
