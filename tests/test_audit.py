@@ -231,6 +231,24 @@ def test_a_query_is_logged_with_its_sql_once_per_dataset_it_read(api: Api) -> No
     assert new[2]["seq"] == new[1]["seq"] + 1 and new[2]["at"] == new[1]["at"]
 
 
+def test_a_query_is_logged_with_the_version_its_tables_are_of(api: Api) -> None:
+    # The second upload makes version 2 of the dataset: the table is now that version's.
+    publish(api, "recensement", (REGIONS.name, REGIONS.read_bytes()))
+    publish(api, "recensement", (PROVINCES.name, PROVINCES.read_bytes()))
+    regions = "ministere_sante_recensement_morocco_regions_rgph2024"
+    before = len(all_entries(api))
+    one = f"SELECT count(*) FROM {regions}"
+    r = api.http.post(f"{API}/sql", json={"sql": one})
+    assert r.json()["rows"] == [[12]]
+    (entry,) = all_entries(api)[before:]
+    assert (entry["action"], entry["org"], entry["dataset"], entry["version"]) == (
+        "query",
+        ORG,
+        "recensement",
+        2,
+    )
+
+
 def test_reading_a_table_leaves_rows_schema_and_profile_entries(api: Api) -> None:
     publish(api, "recensement", (REGIONS.name, REGIONS.read_bytes()))
     base = f"{API}/tables/{ORG}/recensement/{REGIONS.name}"

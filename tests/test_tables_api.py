@@ -257,6 +257,45 @@ def test_declared_reading_options_are_honoured(api: Api) -> None:
     assert bad.json()["error"]["message"] == "unknown text encoding 'klingon'"
 
 
+def test_the_same_bytes_read_with_other_options_are_another_table(api: Api) -> None:
+    # One file's bytes, two assets: each table is read with its own file's options.
+    data = b"nom,valeur\nhiver,1\nete,2\n"
+    publish(api, "lu", ("saisons.csv", data))
+    publish(api, "brut", ("saisons.csv", data), query="?header=false")
+    both = (
+        "SELECT (SELECT count(*) FROM ministere_sante_lu_saisons),"
+        " (SELECT count(*) FROM ministere_sante_brut_saisons),"
+        " (SELECT max(valeur) FROM ministere_sante_lu_saisons)"
+    )
+    r = sql(api, both)
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == [[2, 3, 2]]
+    r = sql(api, "SELECT * FROM ministere_sante_brut_saisons ORDER BY 2")
+    assert r.json()["rows"] == [["hiver", "1"], ["ete", "2"], ["nom", "valeur"]]
+
+
+def test_a_table_still_being_prepared_is_a_409_then_answers(api: Api) -> None:
+    api.hub.stop_workers()
+    r = api.http.post(
+        f"{API}/datasets", json={"org": ORG, "name": "attente"}, headers=api.auth(api.editor)
+    )
+    assert r.status_code == 201, r.text
+    r = api.http.put(
+        f"{API}/datasets/{ORG}/attente/files/lits.csv",
+        content=b"hopital,lits\nIbn Sina,1200\n",
+        headers=api.auth(api.editor),
+    )
+    assert r.status_code == 200, r.text
+    r = sql(api, "SELECT sum(lits) FROM ministere_sante_attente_lits")
+    assert r.status_code == 409
+    assert r.json()["error"]["message"] == (
+        "table ministere_sante_attente_lits is being prepared; try again soon"
+    )
+    assert api.hub.runner.run_pending() == 2  # the ingest, then the profile
+    r = sql(api, "SELECT sum(lits) FROM ministere_sante_attente_lits")
+    assert r.json()["rows"] == [[1200]]
+
+
 def test_refused_sql_is_a_400_with_the_reason(census: Api) -> None:
     for query in (
         "DROP TABLE x",

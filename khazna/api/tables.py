@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -24,6 +24,7 @@ from khazna.tables.query import (
     read_rows,
     referenced_tables,
 )
+from khazna.tables.registry import QueryTable
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_caller)])
 
@@ -220,7 +221,8 @@ def run_sql(body: SqlIn, request: Request, who: Who, hub: HubDep) -> Any:
 def open_query(request: Request, who: Principal, hub: Hub, sql: str, fmt: str) -> QueryResult:
     """Run ``sql`` in the sandbox over the tables the caller may read, and log it; the
     caller closes the result. ``POST /api/v1/sql`` and the SQL page share it."""
-    tables = hub.tables.readable(who, referenced_tables(sql))
+    readable = hub.tables.readable(who, referenced_tables(sql))
+    tables = {name: t.ref for name, t in readable.items()}
     settings = hub.settings
     sandbox = Sandbox(
         tables, timeout_s=settings.sql_timeout_s, memory_limit=settings.sql_memory_limit
@@ -234,7 +236,7 @@ def open_query(request: Request, who: Principal, hub: Hub, sql: str, fmt: str) -
         raise
     result.when_closed(slot.release)
     try:
-        _record_query(request, who, hub, sql, sorted(tables), fmt)
+        _record_query(request, who, hub, sql, readable, fmt)
     except BaseException:
         result.close()
         raise
@@ -256,15 +258,18 @@ def stream_result(
 
 
 def _record_query(
-    request: Request, who: Principal, hub: Hub, sql: str, tables: list[str], fmt: str
+    request: Request,
+    who: Principal,
+    hub: Hub,
+    sql: str,
+    tables: Mapping[str, QueryTable],
+    fmt: str,
 ) -> None:
     """One entry per dataset the query read, so each publisher sees it in their log."""
-    owners = hub.tables.datasets_of(tables)
     subjects = sorted(
-        {Subject(*owners[t]) for t in tables if t in owners},
-        key=lambda s: (s.org or "", s.dataset or ""),
+        {t.subject for t in tables.values()}, key=lambda s: (s.org or "", s.dataset or "")
     )
-    detail = {"sql": sql, "tables": tables, "format": fmt}
+    detail = {"sql": sql, "tables": sorted(tables), "format": fmt}
     client = client_address(request)
     hub.audit.record_each(who, "query", subjects or [Subject()], detail=detail, client=client)
 

@@ -14,15 +14,16 @@ import logging
 import re
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, select, update
 
 import khazna.tables.ingest as ingesting
 from khazna import db
 from khazna.access.accounts import SYSTEM_USER, Principal
-from khazna.access.audit import AuditLog
+from khazna.access.audit import AuditLog, Subject
 from khazna.access.policy import AccessPolicy
 from khazna.catalog.service import Catalog, FileEntry
 from khazna.checksums import file_sha256
@@ -72,6 +73,49 @@ def sql_identifier(org: str, dataset: str, file_name: str) -> str:
     name = re.sub(r"_+", "_", re.sub(r"[^a-z0-9_]", "_", raw)).strip("_")
     return name if not name[:1].isdigit() else f"t_{name}"
 
+
+@dataclass(frozen=True)
+class QueryTable:
+    """A table a query may read, and the dataset version it is of."""
+
+    ref: TableRef
+    subject: Subject
+
+
+_t, _d, _o, _v, _vf, _a = (
+    db.table_names,
+    db.datasets,
+    db.organizations,
+    db.versions,
+    db.version_files,
+    db.table_assets,
+)
+# What a query needs of the tables it names, in one statement built once (building it per
+# request cost more than running it): the access check's columns, the audit entry's dataset
+# and version, and the assets of the current version's file (not their profile, a large JSON).
+_READABLE = (
+    select(
+        _t.c.sql_name,
+        _d.c.id,
+        _d.c.access,
+        _d.c.org_id,
+        _o.c.name.label("org"),
+        _d.c.name.label("dataset"),
+        _d.c.current_version,
+        _vf.c.table_options,
+        _a.c.options_key,
+        _a.c.status,
+        _a.c.parquet_sha256,
+        _a.c.rows,
+        _a.c.columns,
+    )
+    .join(_d, _d.c.id == _t.c.dataset_id)
+    .join(_o, _o.c.id == _d.c.org_id)
+    .join(_v, and_(_v.c.dataset_id == _d.c.id, _v.c.number == _d.c.current_version))
+    .join(_vf, and_(_vf.c.version_id == _v.c.id, _vf.c.name == _t.c.file_name))
+    .outerjoin(_a, _a.c.source_sha256 == _vf.c.sha256)
+    .where(_t.c.sql_name.in_(bindparam("names", expanding=True)))
+)
 
 # The hub acting on its own, in the audit log: jobs run for nobody in particular.
 _HUB = Principal(user_id=None, name=SYSTEM_USER, is_admin=True)
@@ -415,48 +459,35 @@ class Tables:
             columns=[Column(c["name"], c["type"]) for c in asset.columns],
         )
 
-    def readable(self, who: Principal, sql_names: set[str]) -> dict[str, TableRef]:
-        """The current tables among ``sql_names`` that the caller may read.
+    def readable(self, who: Principal, sql_names: set[str]) -> dict[str, QueryTable]:
+        """The current tables among ``sql_names`` that the caller may read, each with the
+        dataset version it is of (for the audit log).
 
         Names the caller may not read, or that do not exist, are simply absent.
         """
         if not sql_names:
             return {}
-        t, d, v, vf = db.table_names, db.datasets, db.versions, db.version_files
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    t.c.sql_name, d.c.id, d.c.access, d.c.org_id, vf.c.sha256, vf.c.table_options
-                )
-                .join(d, d.c.id == t.c.dataset_id)
-                .join(v, and_(v.c.dataset_id == d.c.id, v.c.number == d.c.current_version))
-                .join(vf, and_(vf.c.version_id == v.c.id, vf.c.name == t.c.file_name))
-                .where(t.c.sql_name.in_(sorted(sql_names)))
-            ).all()
-            out: dict[str, TableRef] = {}
-            for r in rows:
-                if not self.policy.can_read(who, r):
-                    continue
-                asset = self._asset(conn, r.sha256, options_key(r.table_options or {}))
-                if asset is None:
-                    raise Conflict(f"table {r.sql_name} is being prepared; try again soon")
-                if asset.status == "ready":
-                    out[str(r.sql_name)] = self._ref(str(r.sql_name), asset)
+            rows = conn.execute(_READABLE, {"names": sorted(sql_names)}).all()
+        # A row per asset of the file's bytes (one per set of reading options, if any):
+        # the one read with the file's own options is the table.
+        assets: dict[str, Any] = {}
+        for r in rows:
+            if not self.policy.can_read(who, r):
+                continue
+            name = str(r.sql_name)
+            if r.options_key is not None and r.options_key == options_key(r.table_options or {}):
+                assets[name] = r
+            else:
+                assets.setdefault(name, None)
+        out: dict[str, QueryTable] = {}
+        for name, asset in assets.items():
+            if asset is None:
+                raise Conflict(f"table {name} is being prepared; try again soon")
+            if asset.status == "ready":
+                subject = Subject(str(asset.org), str(asset.dataset), int(asset.current_version))
+                out[name] = QueryTable(self._ref(name, asset), subject)
         return out
-
-    def datasets_of(self, sql_names: list[str]) -> dict[str, tuple[str, str, int]]:
-        """``sql_name -> (org, dataset, current version)``, for the audit log."""
-        if not sql_names:
-            return {}
-        t, d, o = db.table_names, db.datasets, db.organizations
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.c.sql_name, o.c.name.label("org"), d.c.name, d.c.current_version)
-                .join(d, d.c.id == t.c.dataset_id)
-                .join(o, o.c.id == d.c.org_id)
-                .where(t.c.sql_name.in_(sql_names))
-            ).all()
-        return {str(r.sql_name): (str(r.org), str(r.name), int(r.current_version)) for r in rows}
 
     def known_parquet(self) -> list[str]:
         a = db.table_assets
