@@ -832,3 +832,21 @@ def test_referenced_tables(sql: str, expected: set[str]):
 def test_referenced_tables_refusals(sql: str, message: str):
     with pytest.raises(BadRequest, match=message):
         referenced_tables(sql)
+
+
+def test_referenced_tables_of_a_query_sent_again_are_remembered_and_stay_its_own() -> None:
+    sql = "SELECT * FROM regions JOIN cities USING (code) -- remembered"
+    before = query_module._remembered_names.cache_info()
+    first = referenced_tables(sql)
+    first.add("changed by the caller")
+    assert referenced_tables(sql) == {"regions", "cities"}
+    after = query_module._remembered_names.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    # A long query is parsed each time, with the same answer; a refused one is refused again.
+    long_sql = "SELECT * FROM regions WHERE code IN (" + ", ".join(["1"] * 2000) + ")"
+    assert len(long_sql) > query_module._REMEMBERED_SQL_CHARS
+    assert referenced_tables(long_sql) == {"regions"}
+    assert query_module._remembered_names.cache_info().misses == after.misses
+    for _ in range(2):
+        with pytest.raises(BadRequest, match="SQL syntax error"):
+            referenced_tables("SELEC 1 -- refused twice")

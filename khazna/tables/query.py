@@ -957,8 +957,24 @@ def _names_database() -> duckdb.DuckDBPyConnection:
 _names_lock = threading.Lock()
 
 
+# Queries are often sent again (a dashboard, a notebook re-run): their table names are a
+# function of the text alone, so the short ones are remembered. Refused ones are not.
+_REMEMBERED_SQL_CHARS = 4096
+
+
 def referenced_tables(sql: str) -> set[str]:
     """The table names a query reads, lower-cased as SQL folds them (CTE names excluded)."""
+    if len(sql) <= _REMEMBERED_SQL_CHARS:
+        return set(_remembered_names(sql))
+    return _table_names(sql)
+
+
+@functools.lru_cache(maxsize=512)
+def _remembered_names(sql: str) -> frozenset[str]:
+    return frozenset(_table_names(sql))
+
+
+def _table_names(sql: str) -> set[str]:
     with _names_lock:
         cur = _names_database().cursor()
     try:
