@@ -9,7 +9,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, case, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from khazna import db
@@ -93,6 +105,35 @@ class ResolvedFile:
     access: str
     version: int
     file: FileEntry
+    dataset_id: int
+
+
+# Statements most requests run, built once (building one costs about as much as running it
+# on SQLite). The dataset with its organization's name, by their names:
+_DATASET = (
+    select(db.datasets, db.organizations.c.name.label("org_name"))
+    .join(db.organizations, db.organizations.c.id == db.datasets.c.org_id)
+    .where(db.organizations.c.name == bindparam("org"), db.datasets.c.name == bindparam("name"))
+)
+# PostgreSQL: writers of one dataset queue here rather than race (SQLite has one writer at
+# a time already and renders no FOR UPDATE).
+_DATASET_LOCKED = _DATASET.with_for_update(of=db.datasets)
+# The files of one version of a dataset.
+_FILES = (
+    select(
+        db.version_files.c.name,
+        db.version_files.c.size,
+        db.version_files.c.sha256,
+        db.version_files.c.media_type,
+        db.version_files.c.table_options,
+    )
+    .join(db.versions, db.versions.c.id == db.version_files.c.version_id)
+    .where(
+        db.versions.c.dataset_id == bindparam("dataset_id"),
+        db.versions.c.number == bindparam("number"),
+    )
+    .order_by(db.version_files.c.name)
+)
 
 
 def _check_tags(tags: object) -> list[str]:
@@ -340,17 +381,8 @@ class Catalog:
     def _dataset_row(
         self, conn: Connection, org: str, name: str, *, lock: bool = False
     ) -> Row[Any]:
-        d, o = db.datasets, db.organizations
-        query = (
-            select(d, o.c.name.label("org_name"))
-            .join(o, o.c.id == d.c.org_id)
-            .where(o.c.name == org, d.c.name == name)
-        )
-        if lock:
-            # PostgreSQL: writers of one dataset queue here rather than race (SQLite has
-            # one writer at a time already and renders no FOR UPDATE).
-            query = query.with_for_update(of=d)
-        row = conn.execute(query).first()
+        query = _DATASET_LOCKED if lock else _DATASET
+        row = conn.execute(query, {"org": org, "name": name}).first()
         if row is None:
             raise NotFound(f"no dataset {org}/{name}")
         return row
@@ -525,13 +557,7 @@ class Catalog:
 
     def files_of(self, conn: Connection, dataset_id: int, number: int) -> list[FileEntry]:
         """The files of one version, with their table options (no access check)."""
-        vf, v = db.version_files, db.versions
-        rows = conn.execute(
-            select(vf.c.name, vf.c.size, vf.c.sha256, vf.c.media_type, vf.c.table_options)
-            .join(v, v.c.id == vf.c.version_id)
-            .where(v.c.dataset_id == dataset_id, v.c.number == number)
-            .order_by(vf.c.name)
-        ).all()
+        rows = conn.execute(_FILES, {"dataset_id": dataset_id, "number": number}).all()
         return [
             FileEntry(r.name, int(r.size), r.sha256, r.media_type, dict(r.table_options or {}))
             for r in rows
@@ -574,7 +600,7 @@ class Catalog:
                 )
             for entry in self.files_of(conn, row.id, number):
                 if entry.name == file:
-                    return ResolvedFile(org, name, row.access, number, entry)
+                    return ResolvedFile(org, name, row.access, number, entry, int(row.id))
         raise NotFound(f"no file {file!r} in version {number} of {org}/{name}")
 
     def commit_version(

@@ -9,6 +9,7 @@ access policy: a dataset the caller may not see has no collection and no items f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -641,7 +642,7 @@ class Rasters:
         stem = file_name.rsplit(".", 1)[0]
         entry = FileEntry(f"{stem}.cog.tif", int(asset.cog_size), asset.cog_sha256, "image/tiff")
         store = self.blobs if asset.cog_sha256 == ref.file.sha256 else self.derived
-        return ResolvedFile(ref.org, ref.dataset, ref.access, ref.version, entry), store
+        return dataclasses.replace(ref, file=entry), store
 
     def channels(self, who: Principal, cid: str, item_id: str) -> tuple[ItemRow, list[Channel]]:
         """What a quick-look or a map tile of an item draws, once the caller may read its
@@ -693,7 +694,7 @@ class Rasters:
         entry = FileEntry(
             f"{stem}.cog.tif", int(found["cog_size"]), found["cog_sha256"], "image/tiff"
         )
-        return ResolvedFile(ref.org, ref.dataset, ref.access, ref.version, entry), self.derived
+        return dataclasses.replace(ref, file=entry), self.derived
 
     def is_converted(self, sha: str) -> bool:
         with self.engine.connect() as conn:

@@ -117,6 +117,13 @@ _READABLE = (
     .where(_t.c.sql_name.in_(bindparam("names", expanding=True)))
 )
 
+_ASSET = select(_a).where(
+    _a.c.source_sha256 == bindparam("sha"), _a.c.options_key == bindparam("key")
+)
+_SQL_NAME = select(_t.c.sql_name).where(
+    _t.c.dataset_id == bindparam("dataset_id"), _t.c.file_name == bindparam("file_name")
+)
+
 # The hub acting on its own, in the audit log: jobs run for nobody in particular.
 _HUB = Principal(user_id=None, name=SYSTEM_USER, is_admin=True)
 
@@ -217,10 +224,7 @@ class Tables:
         return name
 
     def _asset(self, conn: Connection, sha: str, key: str) -> Any:
-        a = db.table_assets
-        return conn.execute(
-            select(a).where(a.c.source_sha256 == sha, a.c.options_key == key)
-        ).first()
+        return conn.execute(_ASSET, {"sha": sha, "key": key}).first()
 
     def _pending_job(self, conn: Connection, sha: str, key: str) -> int | None:
         j = db.jobs
@@ -431,14 +435,10 @@ class Tables:
         if not ingesting.is_table(file_name):
             raise NotFound(f"{file_name!r} is not a table")
         with self.engine.connect() as conn:
-            dataset_id = self.catalog.dataset_id(conn, org, name)
             key = options_key(ref.file.table_options)
             asset = self._asset(conn, ref.file.sha256, key)
             sql_name = conn.execute(
-                select(db.table_names.c.sql_name).where(
-                    db.table_names.c.dataset_id == dataset_id,
-                    db.table_names.c.file_name == file_name,
-                )
+                _SQL_NAME, {"dataset_id": ref.dataset_id, "file_name": file_name}
             ).scalar()
             pending = None if asset is not None else self._pending_job(conn, ref.file.sha256, key)
         if asset is None:
