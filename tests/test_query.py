@@ -426,6 +426,7 @@ def test_rows_match_the_rows_api(regions: TableRef):
     assert out["columns"] == REGION_COLUMNS
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_a_join_across_two_tables(regions: TableRef, cities: TableRef):
     out = run_json(
         {"regions": regions, "cities": cities},
@@ -490,6 +491,17 @@ def test_json_output_is_truncated_to_the_row_limit(big: TableRef, regions: Table
     assert (len(out["rows"]), out["truncated"]) == (1000, False)
 
 
+@pytest.fixture(params=["engine", "relations"])
+def both_paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sandbox runs a statement through the engine call DuckDB's relations use, or, in
+    a DuckDB without it, through the public relation API: both must answer alike."""
+    if request.param == "relations":
+        monkeypatch.setattr(query_module, "_engine_submit", None)
+    elif query_module._engine_submit is None:
+        pytest.skip("this DuckDB has no engine call: only its relation API is used")
+
+
+@pytest.mark.usefixtures("both_paths")
 def test_values_without_a_plain_json_form(regions: TableRef):
     sql = r"""SELECT [1, 2] AS l, {'a': 1, 'b': 'x'} AS s, '\x00\xff'::BLOB AS b,
                      INTERVAL 3 DAY + INTERVAL 1500 MILLISECOND AS i, 'nan'::DOUBLE AS n,
@@ -574,6 +586,7 @@ ESCAPES = [
 ]
 
 
+@pytest.mark.usefixtures("both_paths")
 @pytest.mark.parametrize(("sql", "message"), ESCAPES)
 def test_escapes_are_refused(regions: TableRef, folder: Path, sql: str, message: str):
     with pytest.raises(BadRequest, match=message.replace("(", r"\(")):
@@ -597,6 +610,7 @@ def test_messages_name_tables_not_the_hubs_file_paths(regions: TableRef, folder:
     assert str(folder) not in failed.value.message
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_a_long_query_stops_at_the_time_limit(regions: TableRef):
     started = time.monotonic()
     with pytest.raises(BadRequest, match="query exceeded the 1 s time limit"):
@@ -605,6 +619,7 @@ def test_a_long_query_stops_at_the_time_limit(regions: TableRef):
     assert run_json({"regions": regions}, "SELECT count(*) FROM regions")["rows"] == [[5]]
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_the_time_limit_also_holds_while_the_caller_streams():
     result = Sandbox({}, timeout_s=1).run("SELECT range FROM range(10_000_000_000)")
     chunks = result.csv()
@@ -658,6 +673,7 @@ def test_the_memory_limit_is_a_clear_400():
         run_json({}, "SELECT list(range) FROM range(100_000_000)", memory_limit="64MB")
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_an_error_while_streaming_is_a_400(big: TableRef):
     sql = "SELECT CASE WHEN id = 150000 THEN error('boom at 150000') ELSE id END FROM big"
     with pytest.raises(BadRequest, match="boom at 150000"):
@@ -751,6 +767,7 @@ def test_arrow_and_parquet_parse_back(regions: TableRef):
     assert pq.read_table(io.BytesIO(body)).equals(table)
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_empty_results_still_carry_their_columns(regions: TableRef):
     sql = "SELECT code, name FROM regions WHERE false"
     assert b"".join(Sandbox({"regions": regions}).run(sql).csv()) == b'"code","name"\n'
@@ -760,6 +777,7 @@ def test_empty_results_still_carry_their_columns(regions: TableRef):
     assert pq.read_table(io.BytesIO(body)).num_rows == 0
 
 
+@pytest.mark.usefixtures("both_paths")
 def test_large_csv_streams_in_chunks(big: TableRef):
     chunks = list(Sandbox({"big": big}).run("SELECT id, grp FROM big ORDER BY id").csv())
     assert len(chunks) >= 10
